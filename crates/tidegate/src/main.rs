@@ -1,0 +1,2 @@
+//! The `tidegate` command. TODO(#2): in progress.
+fn main() {}
