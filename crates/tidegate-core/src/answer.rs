@@ -48,7 +48,10 @@ pub fn render(
             let mut body = chunk(json!({"role": "assistant", "content": text}), None);
             body.push_str(&chunk(json!({}), Some("stop")));
             body.push_str("data: [DONE]\n\n");
-            Rendered { content_type: "text/event-stream", body }
+            Rendered {
+                content_type: "text/event-stream",
+                body,
+            }
         }
         (Shape::Dify, false) => Rendered {
             content_type: "application/json",
@@ -77,7 +80,15 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let r = render(Shape::OpenAi, false, "hi ✓", "faq-1", "tidegate-faq", None, 5);
+        let r = render(
+            Shape::OpenAi,
+            false,
+            "hi ✓",
+            "faq-1",
+            "tidegate-faq",
+            None,
+            5,
+        );
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "hi ✓");
         let r = render(Shape::OpenAi, true, "hi", "faq-1", "m", None, 5);

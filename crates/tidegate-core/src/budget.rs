@@ -90,7 +90,13 @@ pub fn settle<S: CounterStore + ?Sized>(
     store::update(store, &key(reserved_at), |spent| {
         let spent = spent.unwrap_or(0);
         let next = spent.saturating_sub(reserved).saturating_add(actual);
-        (Some(next), Status { spent: next, cap: 0 })
+        (
+            Some(next),
+            Status {
+                spent: next,
+                cap: 0,
+            },
+        )
     })
 }
 
@@ -100,7 +106,10 @@ pub fn status<S: CounterStore + ?Sized>(
     now: UnixMs,
     cap: u64,
 ) -> Result<Status, StoreError> {
-    Ok(Status { spent: store.load(&key(now))?.map_or(0, |(v, _)| v), cap })
+    Ok(Status {
+        spent: store.load(&key(now))?.map_or(0, |(v, _)| v),
+        cap,
+    })
 }
 
 #[cfg(test)]

@@ -23,7 +23,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -100,6 +103,9 @@ pub struct ServerConfig {
     pub admin_token: String,
     /// Where the embedded KV store and the admin token live.
     pub data_dir: String,
+    /// Seed the demo knowledge base and promo codes into KV when they are absent (always on
+    /// when `tidegate serve` runs without a config file).
+    pub demo_data: bool,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +114,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             admin_token: String::new(),
             data_dir: ".tidegate".into(),
+            demo_data: false,
         }
     }
 }
@@ -203,10 +210,16 @@ impl LimitSpec {
 
     fn check(&self, field: &str) -> Result<(), ConfigError> {
         if self.limit > 0 && self.window_secs == 0 {
-            return Err(ConfigError::new(format!("{field}.window_secs"), "must be at least 1"));
+            return Err(ConfigError::new(
+                format!("{field}.window_secs"),
+                "must be at least 1",
+            ));
         }
         if self.window_secs > 86_400 * 31 {
-            return Err(ConfigError::new(format!("{field}.window_secs"), "must be at most 31 days"));
+            return Err(ConfigError::new(
+                format!("{field}.window_secs"),
+                "must be at most 31 days",
+            ));
         }
         if self.max_wait_ms > 60_000 {
             return Err(ConfigError::new(
@@ -253,14 +266,30 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            ip: LimitSpec { limit: 30, window_secs: 60, max_wait_ms: 0 },
-            user: LimitSpec { limit: 10, window_secs: 60, max_wait_ms: 0 },
-            origin: LimitSpec { limit: 300, window_secs: 1, max_wait_ms: 2_000 },
+            ip: LimitSpec {
+                limit: 30,
+                window_secs: 60,
+                max_wait_ms: 0,
+            },
+            user: LimitSpec {
+                limit: 10,
+                window_secs: 60,
+                max_wait_ms: 0,
+            },
+            origin: LimitSpec {
+                limit: 300,
+                window_secs: 1,
+                max_wait_ms: 2_000,
+            },
             api: vec![ApiLimit {
                 name: "orders".into(),
                 path_prefix: "/api/orders".into(),
                 upstream: String::new(),
-                spec: LimitSpec { limit: 200, window_secs: 1, max_wait_ms: 500 },
+                spec: LimitSpec {
+                    limit: 200,
+                    window_secs: 1,
+                    max_wait_ms: 500,
+                },
             }],
             on_store_error: FailMode::Open,
         }
@@ -277,7 +306,9 @@ pub struct BudgetConfig {
 
 impl Default for BudgetConfig {
     fn default() -> Self {
-        BudgetConfig { monthly_tokens: 200_000_000 }
+        BudgetConfig {
+            monthly_tokens: 200_000_000,
+        }
     }
 }
 
@@ -342,8 +373,8 @@ impl Default for HandoffConfig {
             template: "Sorry, I can't answer that reliably right now. A member of our support \
                        team has been notified and will reply in this conversation."
                 .into(),
-            template_zh: "抱歉，我暂时无法准确回答这个问题。已通知人工客服，稍后会在此对话中回复您。"
-                .into(),
+            template_zh:
+                "抱歉，我暂时无法准确回答这个问题。已通知人工客服，稍后会在此对话中回复您。".into(),
             dont_know_phrases: vec![
                 "I don't know".into(),
                 "I do not know".into(),
@@ -377,7 +408,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.client;
         if c.user_header.trim().is_empty() || !is_token(&c.user_header) {
-            return Err(ConfigError::new("client.user_header", "must be a valid header name"));
+            return Err(ConfigError::new(
+                "client.user_header",
+                "must be a valid header name",
+            ));
         }
         if !is_token(&c.conversation_header) {
             return Err(ConfigError::new(
@@ -387,7 +421,10 @@ impl Config {
         }
         for (i, p) in c.trusted_proxies.iter().enumerate() {
             crate::identity::Cidr::parse(p).map_err(|e| {
-                ConfigError::new(format!("client.trusted_proxies[{i}]"), format!("{p:?}: {e}"))
+                ConfigError::new(
+                    format!("client.trusted_proxies[{i}]"),
+                    format!("{p:?}: {e}"),
+                )
             })?;
         }
         if let Some(s) = &c.user_signing_secret {
@@ -405,8 +442,11 @@ impl Config {
             ));
         }
         let o = &self.origin;
-        if !o.url.is_empty() && !(o.url.starts_with("http://") || o.url.starts_with("https://")) {
-            return Err(ConfigError::new("origin.url", "must start with http:// or https://"));
+        if !(o.url.is_empty() || o.url.starts_with("http://") || o.url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "origin.url",
+                "must start with http:// or https://",
+            ));
         }
         if o.first_byte_timeout_ms == 0 || o.total_timeout_ms < o.first_byte_timeout_ms {
             return Err(ConfigError::new(
@@ -421,7 +461,10 @@ impl Config {
             ));
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::new("server.listen", "must be an address like 127.0.0.1:8080"));
+            return Err(ConfigError::new(
+                "server.listen",
+                "must be an address like 127.0.0.1:8080",
+            ));
         }
         let l = &self.limits;
         l.ip.check("limits.ip")?;
@@ -430,11 +473,22 @@ impl Config {
         for (i, a) in l.api.iter().enumerate() {
             let f = format!("limits.api[{i}]");
             a.spec.check(&f)?;
-            if a.name.is_empty() || !a.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(ConfigError::new(format!("{f}.name"), "must be [A-Za-z0-9-]+"));
+            if a.name.is_empty()
+                || !a
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    format!("{f}.name"),
+                    "must be [A-Za-z0-9-]+",
+                ));
             }
             if !a.path_prefix.starts_with('/') {
-                return Err(ConfigError::new(format!("{f}.path_prefix"), "must start with /"));
+                return Err(ConfigError::new(
+                    format!("{f}.path_prefix"),
+                    "must start with /",
+                ));
             }
             if Shape::from_path(&a.path_prefix).is_some() {
                 return Err(ConfigError::new(
@@ -446,7 +500,10 @@ impl Config {
         let t = &self.turnstile;
         if t.enabled {
             if t.secret.is_empty() {
-                return Err(ConfigError::new("turnstile.secret", "is required when enabled"));
+                return Err(ConfigError::new(
+                    "turnstile.secret",
+                    "is required when enabled",
+                ));
             }
             if self.mode == Mode::Production && TURNSTILE_TEST_SECRETS.contains(&t.secret.as_str())
             {
@@ -457,10 +514,16 @@ impl Config {
                 ));
             }
             if !t.siteverify_url.starts_with("http") {
-                return Err(ConfigError::new("turnstile.siteverify_url", "must be an http(s) URL"));
+                return Err(ConfigError::new(
+                    "turnstile.siteverify_url",
+                    "must be an http(s) URL",
+                ));
             }
             if !is_token(&t.token_header) {
-                return Err(ConfigError::new("turnstile.token_header", "must be a header name"));
+                return Err(ConfigError::new(
+                    "turnstile.token_header",
+                    "must be a header name",
+                ));
             }
             if t.pass_ttl_secs == 0 || t.pass_ttl_secs > 86_400 {
                 return Err(ConfigError::new(
@@ -469,8 +532,12 @@ impl Config {
                 ));
             }
         }
-        self.faq.validate().map_err(|(f, m)| ConfigError::new(format!("faq.{f}"), m))?;
-        self.tiers.validate().map_err(|(f, m)| ConfigError::new(format!("tiers.{f}"), m))?;
+        self.faq
+            .validate()
+            .map_err(|(f, m)| ConfigError::new(format!("faq.{f}"), m))?;
+        self.tiers
+            .validate()
+            .map_err(|(f, m)| ConfigError::new(format!("tiers.{f}"), m))?;
         self.validation
             .validate()
             .map_err(|(f, m)| ConfigError::new(format!("validation.{f}"), m))?;
@@ -480,7 +547,10 @@ impl Config {
         }
         if !h.chatwoot_url.is_empty() {
             if !h.chatwoot_url.starts_with("http") {
-                return Err(ConfigError::new("handoff.chatwoot_url", "must be an http(s) URL"));
+                return Err(ConfigError::new(
+                    "handoff.chatwoot_url",
+                    "must be an http(s) URL",
+                ));
             }
             if h.chatwoot_token.is_empty() {
                 return Err(ConfigError::new(
@@ -518,7 +588,9 @@ impl Config {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
 fn toml_error(e: toml::de::Error) -> ConfigError {
@@ -532,7 +604,10 @@ fn toml_error(e: toml::de::Error) -> ConfigError {
         .unwrap_or("")
         .to_owned();
     let whole = e.to_string().trim().to_owned();
-    ConfigError { field, message: if whole.is_empty() { msg } else { whole } }
+    ConfigError {
+        field,
+        message: if whole.is_empty() { msg } else { whole },
+    }
 }
 
 #[cfg(test)]
@@ -552,9 +627,15 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         for (doc, field) in [
-            ("[limits.user]\nlimit = 5\nwindow_secs = 0", "limits.user.window_secs"),
+            (
+                "[limits.user]\nlimit = 5\nwindow_secs = 0",
+                "limits.user.window_secs",
+            ),
             ("[client]\nmax_body_bytes = 1", "client.max_body_bytes"),
-            ("[client]\ntrusted_proxies = [\"10.0.0.0/99\"]", "client.trusted_proxies[0]"),
+            (
+                "[client]\ntrusted_proxies = [\"10.0.0.0/99\"]",
+                "client.trusted_proxies[0]",
+            ),
             ("[origin]\nurl = \"ftp://x\"", "origin.url"),
             ("[turnstile]\nenabled = true", "turnstile.secret"),
             (
@@ -563,7 +644,10 @@ mod tests {
                  secret = \"1x0000000000000000000000000000000AA\"",
                 "turnstile.secret",
             ),
-            ("[[limits.api]]\nname = \"x\"\npath_prefix = \"api\"\nlimit = 1", "limits.api[0].path_prefix"),
+            (
+                "[[limits.api]]\nname = \"x\"\npath_prefix = \"api\"\nlimit = 1",
+                "limits.api[0].path_prefix",
+            ),
         ] {
             let e = Config::from_toml(doc).unwrap_err();
             assert_eq!(e.field, field, "{doc}: {e}");

@@ -144,9 +144,8 @@ impl Problem {
 
     /// The JSON body.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| {
-            format!(r#"{{"status":{},"code":"{}"}}"#, self.status, self.code)
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| format!(r#"{{"status":{},"code":"{}"}}"#, self.status, self.code))
     }
 
     /// The media type of [`Problem::to_json`].

@@ -229,7 +229,12 @@ impl Gateway {
             return Err(refuse(too_large(c.max_body_bytes), Vec::new()));
         }
         let Some(shape) = Shape::from_path(facts.path) else {
-            let p = Problem::new(Reason::BadRequest, 404, "Not found", "no chat endpoint here");
+            let p = Problem::new(
+                Reason::BadRequest,
+                404,
+                "Not found",
+                "no chat endpoint here",
+            );
             return Err(refuse(p, Vec::new()));
         };
         let ip = self.client_ip(facts.peer, facts.forwarded_for);
@@ -271,7 +276,9 @@ impl Gateway {
             match handoff::is_handed_off(store, conv) {
                 Ok(true) => return Err(refuse(handoff::handed_off_problem(), limits)),
                 Ok(false) => {}
-                Err(e) => self.store_failed(e).map_err(|p| refuse(p, limits.clone()))?,
+                Err(e) => self
+                    .store_failed(e)
+                    .map_err(|p| refuse(p, limits.clone()))?,
             }
         }
         if let (Some(q), Some(u)) = (self.cfg.user_quota(), &user) {
@@ -284,7 +291,15 @@ impl Gateway {
                 return Err(refuse(p, limits));
             }
         }
-        Ok(Admitted { req, client: Client { ip, user, conversation }, limits })
+        Ok(Admitted {
+            req,
+            client: Client {
+                ip,
+                user,
+                conversation,
+            },
+            limits,
+        })
     }
 
     /// The tier in force given the raw flag value (unknown values keep `normal`).
@@ -327,7 +342,10 @@ impl Gateway {
             }
         }
         if let Challenge::Failed(codes) = challenge {
-            return Plan::Refuse(Refusal { problem: turnstile::fallback_problem(codes), limits });
+            return Plan::Refuse(Refusal {
+                problem: turnstile::fallback_problem(codes),
+                limits,
+            });
         }
         let estimate = budget::estimate_from_chars(req.prompt_chars);
         let cap = self.cfg.budget.monthly_tokens;
@@ -457,7 +475,10 @@ impl Gateway {
                 handoff: handoff::toggle_status_call(&self.cfg.handoff, conv),
                 handed_off: true,
             },
-            Ok(false) => Settlement { handoff: None, handed_off: true },
+            Ok(false) => Settlement {
+                handoff: None,
+                handed_off: true,
+            },
             Err(_) => Settlement::default(),
         }
     }
@@ -505,7 +526,10 @@ impl Gateway {
                 .with_policy("origin")
                 .with_retry_after(secs)
                 .with_still_available(&["faq", "retry", "handoff"]);
-                return Plan::Refuse(Refusal { problem: p, limits: forward.limits.clone() });
+                return Plan::Refuse(Refusal {
+                    problem: p,
+                    limits: forward.limits.clone(),
+                });
             }
         }
         Plan::Answer(self.template_answer(
@@ -538,13 +562,21 @@ impl Gateway {
             }
             // The store failed and limits fail open.
             Ok(None) => Ok(open_outcome(&quota)),
-            Err(p) => Err(Refusal { problem: p, limits: Vec::new() }),
+            Err(p) => Err(Refusal {
+                problem: p,
+                limits: Vec::new(),
+            }),
         })
     }
 }
 
 fn open_outcome(q: &Quota) -> Outcome {
-    Outcome { quota: q.clone(), verdict: Verdict::Allow, remaining: q.limit, reset_secs: 0 }
+    Outcome {
+        quota: q.clone(),
+        verdict: Verdict::Allow,
+        remaining: q.limit,
+        reset_secs: 0,
+    }
 }
 
 fn too_large(max: usize) -> Problem {
@@ -557,9 +589,14 @@ fn too_large(max: usize) -> Problem {
 }
 
 fn store_problem(e: &StoreError) -> Problem {
-    Problem::new(Reason::StoreUnavailable, 503, "Temporarily unavailable", e.to_string())
-        .with_retry_after(1)
-        .with_still_available(&["retry"])
+    Problem::new(
+        Reason::StoreUnavailable,
+        503,
+        "Temporarily unavailable",
+        e.to_string(),
+    )
+    .with_retry_after(1)
+    .with_still_available(&["retry"])
 }
 
 /// The 429/503 problem for the last outcome if it refused.
@@ -615,19 +652,40 @@ pub fn response_headers(
         h.push(("ratelimit-policy", policy));
         h.push(("ratelimit", state));
     }
-    if let Some(tight) = limits.iter().min_by_key(|o| (o.remaining, std::cmp::Reverse(o.reset_secs)))
+    if let Some(tight) = limits
+        .iter()
+        .min_by_key(|o| (o.remaining, std::cmp::Reverse(o.reset_secs)))
     {
         h.push(("x-ratelimit-limit-requests", tight.quota.limit.to_string()));
-        h.push(("x-ratelimit-remaining-requests", tight.remaining.to_string()));
-        h.push(("x-ratelimit-reset-requests", format!("{}s", tight.reset_secs)));
+        h.push((
+            "x-ratelimit-remaining-requests",
+            tight.remaining.to_string(),
+        ));
+        h.push((
+            "x-ratelimit-reset-requests",
+            format!("{}s", tight.reset_secs),
+        ));
     }
     if let Some(secs) = retry_after {
         // Never earlier than any refusing limit's `t`.
-        let t = limits.iter().filter(|o| !o.admitted()).map(|o| o.reset_secs).max().unwrap_or(0);
+        let t = limits
+            .iter()
+            .filter(|o| !o.admitted())
+            .map(|o| o.reset_secs)
+            .max()
+            .unwrap_or(0);
         h.push(("retry-after", secs.max(t).max(1).to_string()));
     }
     h.push(("x-tidegate-reason", reason.as_str().to_owned()));
-    h.push(("x-tidegate-cache", if reason == Reason::FaqHit { "hit" } else { "miss" }.into()));
+    h.push((
+        "x-tidegate-cache",
+        if reason == Reason::FaqHit {
+            "hit"
+        } else {
+            "miss"
+        }
+        .into(),
+    ));
     if let Some(t) = tier {
         h.push(("x-tidegate-tier", t.as_str().to_owned()));
     }

@@ -62,13 +62,17 @@ pub fn toggle_status_call(cfg: &HandoffConfig, conversation: &str) -> Option<Htt
 
 /// The template reply in the language of `question` (Chinese when most letters are CJK).
 pub fn template<'a>(cfg: &'a HandoffConfig, question: &str) -> &'a str {
-    let (cjk, other) = question.chars().filter(|c| c.is_alphanumeric()).fold((0, 0), |(a, b), c| {
-        if matches!(c as u32, 0x3400..=0x9FFF | 0xF900..=0xFAFF) {
-            (a + 1, b)
-        } else {
-            (a, b + 1)
-        }
-    });
+    let (cjk, other) =
+        question
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .fold((0, 0), |(a, b), c| {
+                if matches!(c as u32, 0x3400..=0x9FFF | 0xF900..=0xFAFF) {
+                    (a + 1, b)
+                } else {
+                    (a, b + 1)
+                }
+            });
     if cjk > other && !cfg.template_zh.is_empty() {
         &cfg.template_zh
     } else {
@@ -121,7 +125,10 @@ pub fn webhook_action(body: &[u8]) -> WebhookAction {
     if !incoming {
         return WebhookAction::Ignore("not_incoming");
     }
-    if v.pointer("/sender/type").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref()
+    if v.pointer("/sender/type")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
         != Some("contact")
     {
         return WebhookAction::Ignore("not_from_contact");
@@ -136,7 +143,9 @@ pub fn webhook_action(body: &[u8]) -> WebhookAction {
     };
     let (Some(conversation), Some(content)) = (
         id("/conversation/id"),
-        v.get("content").and_then(Value::as_str).filter(|s| !s.trim().is_empty()),
+        v.get("content")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty()),
     ) else {
         return WebhookAction::Ignore("incomplete");
     };
@@ -179,7 +188,10 @@ mod tests {
             ..HandoffConfig::default()
         };
         let c = toggle_status_call(&cfg, "17").unwrap();
-        assert_eq!(c.url, "http://cw.local/api/v1/accounts/3/conversations/17/toggle_status");
+        assert_eq!(
+            c.url,
+            "http://cw.local/api/v1/accounts/3/conversations/17/toggle_status"
+        );
         assert_eq!(c.body, r#"{"status":"open"}"#);
         assert!(toggle_status_call(&cfg, "abc").is_none());
         assert!(toggle_status_call(&HandoffConfig::default(), "17").is_none());
@@ -198,14 +210,27 @@ mod tests {
             "sender":{"id":5,"type":"contact"},"conversation":{"id":9,"status":"pending"}}"#;
         assert_eq!(
             webhook_action(ok),
-            WebhookAction::Answer { conversation: "9".into(), content: "hi".into(), contact: "5".into() }
+            WebhookAction::Answer {
+                conversation: "9".into(),
+                content: "hi".into(),
+                contact: "5".into()
+            }
         );
         let open = String::from_utf8_lossy(ok).replace("pending", "open");
-        assert_eq!(webhook_action(open.as_bytes()), WebhookAction::Ignore("not_pending"));
+        assert_eq!(
+            webhook_action(open.as_bytes()),
+            WebhookAction::Ignore("not_pending")
+        );
         let out = String::from_utf8_lossy(ok).replace("incoming", "outgoing");
-        assert_eq!(webhook_action(out.as_bytes()), WebhookAction::Ignore("not_incoming"));
+        assert_eq!(
+            webhook_action(out.as_bytes()),
+            WebhookAction::Ignore("not_incoming")
+        );
         let agent = String::from_utf8_lossy(ok).replace("contact", "user");
-        assert_eq!(webhook_action(agent.as_bytes()), WebhookAction::Ignore("not_from_contact"));
+        assert_eq!(
+            webhook_action(agent.as_bytes()),
+            WebhookAction::Ignore("not_from_contact")
+        );
         assert_eq!(webhook_action(b"{"), WebhookAction::Ignore("not_json"));
     }
 }

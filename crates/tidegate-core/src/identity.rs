@@ -43,7 +43,9 @@ impl Cidr {
                 u32::from(n) & mask == u32::from(i) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(i)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.bits)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(i) & mask
             }
             _ => false,
@@ -105,7 +107,8 @@ pub fn verify_user(raw: &str, secret: Option<&str>) -> Result<String, Problem> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
         .map_err(|_| bad("signing is misconfigured"))?;
     mac.update(id.as_bytes());
-    mac.verify_slice(&sig).map_err(|_| bad("the user id signature does not verify"))?;
+    mac.verify_slice(&sig)
+        .map_err(|_| bad("the user id signature does not verify"))?;
     Ok(id.to_owned())
 }
 
@@ -124,7 +127,7 @@ pub fn sign_user(id: &str, secret: &str) -> String {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
         return None;
     }
     (0..s.len())
@@ -143,17 +146,33 @@ mod tests {
 
     #[test]
     fn forwarded_for_only_through_trusted_proxies() {
-        let trusted = [Cidr::parse("127.0.0.1").unwrap(), Cidr::parse("10.0.0.0/8").unwrap()];
+        let trusted = [
+            Cidr::parse("127.0.0.1").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap(),
+        ];
         // Untrusted peer: the header is ignored (forged).
-        assert_eq!(client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
         // Trusted peer: rightmost untrusted hop.
         assert_eq!(
-            client_ip(ip("127.0.0.1"), Some("6.6.6.6, 198.51.100.7, 10.1.2.3"), &trusted),
+            client_ip(
+                ip("127.0.0.1"),
+                Some("6.6.6.6, 198.51.100.7, 10.1.2.3"),
+                &trusted
+            ),
             ip("198.51.100.7")
         );
         // Garbage stops the walk at the last good hop.
-        assert_eq!(client_ip(ip("127.0.0.1"), Some("evil, 10.0.0.5"), &trusted), ip("10.0.0.5"));
-        assert_eq!(client_ip(ip("::ffff:127.0.0.1"), Some("9.9.9.9"), &trusted), ip("9.9.9.9"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), Some("evil, 10.0.0.5"), &trusted),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), Some("9.9.9.9"), &trusted),
+            ip("9.9.9.9")
+        );
         assert_eq!(client_ip(ip("127.0.0.1"), None, &trusted), ip("127.0.0.1"));
     }
 

@@ -29,7 +29,12 @@ pub struct Quota {
 impl Quota {
     /// A quota without a wait queue.
     pub fn new(policy: &str, limit: u32, window_ms: u64) -> Self {
-        Quota { policy: policy.to_owned(), limit, window_ms, max_wait_ms: 0 }
+        Quota {
+            policy: policy.to_owned(),
+            limit,
+            window_ms,
+            max_wait_ms: 0,
+        }
     }
 
     fn interval_ns(&self) -> u64 {
@@ -37,12 +42,18 @@ impl Quota {
     }
 
     fn tolerance_ns(&self) -> u64 {
-        self.interval_ns().saturating_mul(u64::from(self.limit.max(1)) - 1)
+        self.interval_ns()
+            .saturating_mul(u64::from(self.limit.max(1)) - 1)
     }
 
     /// `RateLimit-Policy` item: `"user";q=10;w=60`.
     pub fn policy_item(&self) -> String {
-        format!("\"{}\";q={};w={}", self.policy, self.limit, self.window_ms.div_ceil(1000))
+        format!(
+            "\"{}\";q={};w={}",
+            self.policy,
+            self.limit,
+            self.window_ms.div_ceil(1000)
+        )
     }
 }
 
@@ -79,7 +90,10 @@ pub struct Outcome {
 impl Outcome {
     /// `RateLimit` item: `"user";r=3;t=12`.
     pub fn header_item(&self) -> String {
-        format!("\"{}\";r={};t={}", self.quota.policy, self.remaining, self.reset_secs)
+        format!(
+            "\"{}\";r={};t={}",
+            self.quota.policy, self.remaining, self.reset_secs
+        )
     }
 
     /// True unless refused.
@@ -101,7 +115,14 @@ pub fn step(tat: Option<u64>, now: UnixMs, quota: &Quota) -> (Option<u64>, Outco
     let max_wait_ns = quota.max_wait_ms.saturating_mul(1_000_000);
     if wait_ns > max_wait_ns {
         let retry = ceil_secs(wait_ns.saturating_sub(max_wait_ns)).max(1);
-        let outcome = Outcome { quota: quota.clone(), verdict: Verdict::Reject { retry_after_secs: retry }, remaining: 0, reset_secs: retry };
+        let outcome = Outcome {
+            quota: quota.clone(),
+            verdict: Verdict::Reject {
+                retry_after_secs: retry,
+            },
+            remaining: 0,
+            reset_secs: retry,
+        };
         return (None, outcome);
     }
     let new_tat = tat.saturating_add(t);
@@ -111,7 +132,9 @@ pub fn step(tat: Option<u64>, now: UnixMs, quota: &Quota) -> (Option<u64>, Outco
     let verdict = if wait_ns == 0 {
         Verdict::Allow
     } else {
-        Verdict::Delay { wait_ms: wait_ns.div_ceil(1_000_000) }
+        Verdict::Delay {
+            wait_ms: wait_ns.div_ceil(1_000_000),
+        }
     };
     let reset_secs = if remaining == 0 {
         // Until the next request conforms.
@@ -119,7 +142,15 @@ pub fn step(tat: Option<u64>, now: UnixMs, quota: &Quota) -> (Option<u64>, Outco
     } else {
         ceil_secs(ahead)
     };
-    (Some(new_tat), Outcome { quota: quota.clone(), verdict, remaining, reset_secs })
+    (
+        Some(new_tat),
+        Outcome {
+            quota: quota.clone(),
+            verdict,
+            remaining,
+            reset_secs,
+        },
+    )
 }
 
 /// Applies `quota` to `key` in `store` atomically.
@@ -138,8 +169,16 @@ pub fn headers(outcomes: &[Outcome]) -> Option<(String, String)> {
     if outcomes.is_empty() {
         return None;
     }
-    let policy = outcomes.iter().map(|o| o.quota.policy_item()).collect::<Vec<_>>().join(", ");
-    let state = outcomes.iter().map(|o| o.header_item()).collect::<Vec<_>>().join(", ");
+    let policy = outcomes
+        .iter()
+        .map(|o| o.quota.policy_item())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = outcomes
+        .iter()
+        .map(|o| o.header_item())
+        .collect::<Vec<_>>()
+        .join(", ");
     Some((policy, state))
 }
 
@@ -170,7 +209,12 @@ mod tests {
             assert_eq!(o.remaining, 9 - i);
         }
         let o = run(&s, "u", t0, &q);
-        assert_eq!(o.verdict, Verdict::Reject { retry_after_secs: 6 });
+        assert_eq!(
+            o.verdict,
+            Verdict::Reject {
+                retry_after_secs: 6
+            }
+        );
         assert_eq!(o.remaining, 0);
         assert!(o.reset_secs <= 6);
         // One interval later exactly one more conforms.
@@ -217,15 +261,24 @@ mod tests {
     #[test]
     fn queue_delays_then_refuses() {
         let s = MemoryStore::new();
-        let q = Quota { max_wait_ms: 50, ..Quota::new("api-orders", 200, 1000) };
+        let q = Quota {
+            max_wait_ms: 50,
+            ..Quota::new("api-orders", 200, 1000)
+        };
         for _ in 0..200 {
             assert_eq!(run(&s, "a", 0, &q).verdict, Verdict::Allow);
         }
         // Each further request waits 5 ms more, up to the 50 ms bound: 10 queued.
         for i in 1..=10u64 {
-            assert_eq!(run(&s, "a", 0, &q).verdict, Verdict::Delay { wait_ms: 5 * i });
+            assert_eq!(
+                run(&s, "a", 0, &q).verdict,
+                Verdict::Delay { wait_ms: 5 * i }
+            );
         }
-        assert!(matches!(run(&s, "a", 0, &q).verdict, Verdict::Reject { .. }));
+        assert!(matches!(
+            run(&s, "a", 0, &q).verdict,
+            Verdict::Reject { .. }
+        ));
     }
 
     #[test]
@@ -236,7 +289,9 @@ mod tests {
             .map(|_| {
                 let (s, q) = (s.clone(), q.clone());
                 std::thread::spawn(move || {
-                    (0..50).filter(|_| check(&*s, "u", UnixMs(5), &q).unwrap().admitted()).count()
+                    (0..50)
+                        .filter(|_| check(&*s, "u", UnixMs(5), &q).unwrap().admitted())
+                        .count()
                 })
             })
             .collect();

@@ -65,7 +65,10 @@ pub struct ChatRequest {
 /// wrong; nothing here panics on any input.
 pub fn parse_chat(shape: Shape, body: &[u8]) -> Result<ChatRequest, Problem> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        Problem::bad_request(format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        Problem::bad_request(format!(
+            "request body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
     })?;
     let body: Value = serde_json::from_str(text)
         .map_err(|e| Problem::bad_request(format!("request body is not valid JSON: {e}")))?;
@@ -76,7 +79,9 @@ pub fn parse_chat(shape: Shape, body: &[u8]) -> Result<ChatRequest, Problem> {
         match obj.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Problem::bad_request(format!("field `{name}` must be a string"))),
+            Some(_) => Err(Problem::bad_request(format!(
+                "field `{name}` must be a string"
+            ))),
         }
     };
     let stream = match shape {
@@ -108,7 +113,11 @@ pub fn parse_chat(shape: Shape, body: &[u8]) -> Result<ChatRequest, Problem> {
         shape,
         question,
         prompt_chars,
-        model: if shape == Shape::OpenAi { str_field("model")? } else { None },
+        model: if shape == Shape::OpenAi {
+            str_field("model")?
+        } else {
+            None
+        },
         stream,
         conversation_id: match obj.get("conversation_id") {
             Some(Value::Number(n)) => Some(n.to_string()),
@@ -129,11 +138,14 @@ fn openai_question(messages: Option<&Value>) -> Result<(String, usize), Problem>
     let mut total = 0usize;
     let mut last_user = None;
     for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
-            Problem::bad_request(format!("messages[{i}].role must be a string"))
-        })?;
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Problem::bad_request(format!("messages[{i}].role must be a string")))?;
         let content = message_text(m.get("content")).ok_or_else(|| {
-            Problem::bad_request(format!("messages[{i}].content must be a string or text parts"))
+            Problem::bad_request(format!(
+                "messages[{i}].content must be a string or text parts"
+            ))
         })?;
         total = total.saturating_add(content.chars().count());
         if role == "user" {
@@ -196,10 +208,22 @@ mod tests {
             (Shape::OpenAi, &b"{"[..], "not valid JSON"),
             (Shape::OpenAi, &b"\xff\xfe"[..], "UTF-8"),
             (Shape::OpenAi, &b"[1]"[..], "JSON object"),
-            (Shape::OpenAi, &br#"{"messages":[]}"#[..], "must not be empty"),
-            (Shape::OpenAi, &br#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#[..], "`stream`"),
+            (
+                Shape::OpenAi,
+                &br#"{"messages":[]}"#[..],
+                "must not be empty",
+            ),
+            (
+                Shape::OpenAi,
+                &br#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#[..],
+                "`stream`",
+            ),
             (Shape::Dify, &br#"{"user":"u"}"#[..], "`query`"),
-            (Shape::Dify, &br#"{"query":"q","response_mode":"fast"}"#[..], "response_mode"),
+            (
+                Shape::Dify,
+                &br#"{"query":"q","response_mode":"fast"}"#[..],
+                "response_mode",
+            ),
         ] {
             let p = parse_chat(shape, body).unwrap_err();
             assert_eq!(p.status, 400);

@@ -120,7 +120,10 @@ impl MemoryStore {
 
 impl CounterStore for MemoryStore {
     fn load(&self, key: &str) -> Result<Option<(u64, Version)>, StoreError> {
-        let cells = self.cells.lock().map_err(|_| StoreError::Unavailable("poisoned".into()))?;
+        let cells = self
+            .cells
+            .lock()
+            .map_err(|_| StoreError::Unavailable("poisoned".into()))?;
         Ok(cells.get(key).copied())
     }
 
@@ -130,8 +133,10 @@ impl CounterStore for MemoryStore {
         expected: Option<Version>,
         value: u64,
     ) -> Result<bool, StoreError> {
-        let mut cells =
-            self.cells.lock().map_err(|_| StoreError::Unavailable("poisoned".into()))?;
+        let mut cells = self
+            .cells
+            .lock()
+            .map_err(|_| StoreError::Unavailable("poisoned".into()))?;
         let current = cells.get(key).map(|(_, ver)| *ver);
         if current != expected {
             return Ok(false);
@@ -150,11 +155,17 @@ mod tests {
     fn first_write_is_insert_if_absent() {
         let s = MemoryStore::new();
         assert!(s.compare_and_swap("k", None, 1).unwrap());
-        assert!(!s.compare_and_swap("k", None, 2).unwrap(), "second blind insert must lose");
+        assert!(
+            !s.compare_and_swap("k", None, 2).unwrap(),
+            "second blind insert must lose"
+        );
         let (v, ver) = s.load("k").unwrap().unwrap();
         assert_eq!(v, 1);
         assert!(s.compare_and_swap("k", Some(ver), 3).unwrap());
-        assert!(!s.compare_and_swap("k", Some(ver), 4).unwrap(), "stale version must lose");
+        assert!(
+            !s.compare_and_swap("k", Some(ver), 4).unwrap(),
+            "stale version must lose"
+        );
     }
 
     #[test]

@@ -21,7 +21,12 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, lowest first.
-    pub const ALL: [Tier; 4] = [Tier::Normal, Tier::Economy, Tier::CacheFirst, Tier::Fallback];
+    pub const ALL: [Tier; 4] = [
+        Tier::Normal,
+        Tier::Economy,
+        Tier::CacheFirst,
+        Tier::Fallback,
+    ];
 
     /// The flag value and stable name.
     pub fn as_str(self) -> &'static str {
@@ -97,14 +102,17 @@ impl TierConfig {
     /// Checks values serde cannot; the field is relative to `[tiers]`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let t = self.thresholds_qps;
-        if !t.iter().all(|x| x.is_finite() && *x > 0.0) || !(t[0] < t[1] && t[1] < t[2]) {
+        if !(t.iter().all(|x| x.is_finite() && *x > 0.0) && t[0] < t[1] && t[1] < t[2]) {
             return Err((
                 "thresholds_qps".into(),
                 "must be three positive, strictly increasing numbers".into(),
             ));
         }
         if self.flag_key.is_empty() || self.flag_key == self.recommendation_key {
-            return Err(("flag_key".into(), "must be non-empty and differ from recommendation_key".into()));
+            return Err((
+                "flag_key".into(),
+                "must be non-empty and differ from recommendation_key".into(),
+            ));
         }
         if !self.alert_webhook.is_empty() && !self.alert_webhook.starts_with("http") {
             return Err(("alert_webhook".into(), "must be an http(s) URL".into()));
@@ -154,7 +162,12 @@ pub fn route(tier: Tier, cfg: &TierConfig, primary_model: &str) -> Route {
         Tier::CacheFirst => (false, cfg.economy_model.as_str(), true),
         Tier::Fallback => (true, cfg.fallback_model.as_str(), true),
     };
-    Route { tier, fallback_origin, model: model.to_owned(), force_faq }
+    Route {
+        tier,
+        fallback_origin,
+        model: model.to_owned(),
+        force_faq,
+    }
 }
 
 /// Requests per second over a sliding window of whole seconds; pure state the host keeps.
@@ -166,7 +179,9 @@ pub struct QpsMeter {
 impl QpsMeter {
     /// A meter averaging over `window_secs` seconds (at least 1).
     pub fn new(window_secs: usize) -> Self {
-        QpsMeter { buckets: vec![(u64::MAX, 0); window_secs.max(1)] }
+        QpsMeter {
+            buckets: vec![(u64::MAX, 0); window_secs.max(1)],
+        }
     }
 
     /// Counts one request at `now`.
@@ -317,11 +332,17 @@ mod tests {
 
     #[test]
     fn recommender_raises_at_once_and_lowers_after_cooldown() {
-        let cfg = TierConfig { cooldown_secs: 60, ..TierConfig::default() };
+        let cfg = TierConfig {
+            cooldown_secs: 60,
+            ..TierConfig::default()
+        };
         let mut r = Recommender::default();
         let up = r.observe(160.0, UnixMs(0), &cfg).unwrap();
         assert_eq!((up.from, up.to), (Tier::Normal, Tier::CacheFirst));
-        assert!(r.observe(170.0, UnixMs(1000), &cfg).is_none(), "no repeat alerts");
+        assert!(
+            r.observe(170.0, UnixMs(1000), &cfg).is_none(),
+            "no repeat alerts"
+        );
         assert!(r.observe(10.0, UnixMs(2000), &cfg).is_none());
         assert!(r.observe(10.0, UnixMs(61_000), &cfg).is_none());
         let down = r.observe(10.0, UnixMs(62_000), &cfg).unwrap();
@@ -329,6 +350,9 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_str(&up.alert_json(Tier::Normal, false)).unwrap();
         assert_eq!(body["to"], "cache-first");
-        assert!(body["text"].as_str().unwrap().contains("set the `tier` flag"));
+        assert!(body["text"]
+            .as_str()
+            .unwrap()
+            .contains("set the `tier` flag"));
     }
 }

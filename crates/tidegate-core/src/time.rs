@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(t.month_key(), "2026-12");
         let next = t.plus_ms(t.ms_until_next_month());
         assert_eq!(next.month_key(), "2027-01");
-        assert!(!UnixMs(u64::MAX).month_key().is_empty(), "no panic at the far end");
+        assert!(
+            !UnixMs(u64::MAX).month_key().is_empty(),
+            "no panic at the far end"
+        );
         assert_eq!(UnixMs(0).month_key(), "1970-01");
     }
 
@@ -130,8 +133,14 @@ mod tests {
     fn retry_after_both_forms() {
         let now = UnixMs(784_111_777_000); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(parse_retry_after("120", now), Some(120));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now), Some(120));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:40:00 GMT", now), Some(0));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now),
+            Some(120)
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:40:00 GMT", now),
+            Some(0)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
         assert_eq!(parse_retry_after("", now), None);

@@ -77,7 +77,10 @@ pub fn precheck(
         body.push_str("&remoteip=");
         body.push_str(&form_encode(ip));
     }
-    Precheck::Verify(SiteverifyRequest { url: cfg.siteverify_url.clone(), body })
+    Precheck::Verify(SiteverifyRequest {
+        url: cfg.siteverify_url.clone(),
+        body,
+    })
 }
 
 /// A UUID-formatted key derived from the token: the same token always gets the same key, so
@@ -89,7 +92,14 @@ pub fn idempotency_key(token: &str) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[derive(Deserialize)]
@@ -121,13 +131,15 @@ pub fn judge(cfg: &TurnstileConfig, reply: Option<(u16, &[u8])>) -> Verdict {
         if r.error_codes.iter().any(|c| c == "internal-error") || status >= 500 {
             return unavailable("internal-error");
         }
-        let codes =
-            if r.error_codes.is_empty() { vec!["unknown-error".into()] } else { r.error_codes };
+        let codes = if r.error_codes.is_empty() {
+            vec!["unknown-error".into()]
+        } else {
+            r.error_codes
+        };
         return Verdict::Fail(codes);
     }
     let mut codes = Vec::new();
-    if !cfg.expected_hostname.is_empty() && r.hostname.as_deref() != Some(&cfg.expected_hostname)
-    {
+    if !cfg.expected_hostname.is_empty() && r.hostname.as_deref() != Some(&cfg.expected_hostname) {
         codes.push("hostname-mismatch".to_owned());
     }
     if !cfg.expected_action.is_empty() && r.action.as_deref() != Some(&cfg.expected_action) {
@@ -150,7 +162,9 @@ pub fn is_remembered<S: CounterStore + ?Sized>(
     subject: &str,
     now: UnixMs,
 ) -> Result<bool, StoreError> {
-    Ok(store.load(&pass_key(subject))?.is_some_and(|(until, _)| until > now.0))
+    Ok(store
+        .load(&pass_key(subject))?
+        .is_some_and(|(until, _)| until > now.0))
 }
 
 /// Remembers a pass for `subject` until `now + pass_ttl_secs`.
@@ -161,13 +175,17 @@ pub fn remember<S: CounterStore + ?Sized>(
     cfg: &TurnstileConfig,
 ) -> Result<(), StoreError> {
     let until = now.plus_ms(cfg.pass_ttl_secs.saturating_mul(1000)).0;
-    store::update(store, &pass_key(subject), |old| (Some(old.unwrap_or(0).max(until)), ()))
+    store::update(store, &pass_key(subject), |old| {
+        (Some(old.unwrap_or(0).max(until)), ())
+    })
 }
 
 /// The refusal a client gets when its challenge fails and the FAQ had nothing: a code, a human
 /// sentence and what still works. Never a bare 403.
 pub fn fallback_problem(codes: &[String]) -> Problem {
-    let unavailable = codes.iter().any(|c| c.starts_with("siteverify") || c == "internal-error");
+    let unavailable = codes
+        .iter()
+        .any(|c| c.starts_with("siteverify") || c == "internal-error");
     let (reason, detail) = if unavailable {
         (
             Reason::ChallengeUnavailable,
@@ -185,7 +203,8 @@ pub fn fallback_problem(codes: &[String]) -> Problem {
     let mut p = Problem::new(reason, 403, "Challenge required", detail)
         .with_policy("turnstile")
         .with_still_available(&["faq", "retry", "handoff"]);
-    p.detail.push_str(&format!(" (checks: {})", codes.join(", ")));
+    p.detail
+        .push_str(&format!(" (checks: {})", codes.join(", ")));
     p
 }
 
@@ -222,14 +241,22 @@ mod tests {
         else {
             panic!("expected a siteverify call")
         };
-        assert!(req.body.starts_with("secret=s3cret&response=tok%2Ben%2F%3D&idempotency_key="));
+        assert!(req
+            .body
+            .starts_with("secret=s3cret&response=tok%2Ben%2F%3D&idempotency_key="));
         assert!(req.body.ends_with("&remoteip=1.2.3.4"));
         assert_eq!(idempotency_key("a"), idempotency_key("a"));
         assert_ne!(idempotency_key("a"), idempotency_key("b"));
         assert_eq!(idempotency_key("a").len(), 36);
-        assert_eq!(precheck(&cfg(), None, None, false), Precheck::Fail(vec!["missing-input-response".into()]));
+        assert_eq!(
+            precheck(&cfg(), None, None, false),
+            Precheck::Fail(vec!["missing-input-response".into()])
+        );
         let long = "x".repeat(MAX_TOKEN_LEN + 1);
-        assert!(matches!(precheck(&cfg(), Some(&long), None, false), Precheck::Fail(_)));
+        assert!(matches!(
+            precheck(&cfg(), Some(&long), None, false),
+            Precheck::Fail(_)
+        ));
         assert_eq!(precheck(&cfg(), None, None, true), Precheck::Pass);
     }
 
@@ -243,7 +270,10 @@ mod tests {
             Verdict::Fail(vec!["hostname-mismatch".into(), "action-mismatch".into()])
         );
         let dup = br#"{"success":false,"error-codes":["timeout-or-duplicate"]}"#;
-        assert_eq!(judge(&cfg(), Some((200, dup))), Verdict::Fail(vec!["timeout-or-duplicate".into()]));
+        assert_eq!(
+            judge(&cfg(), Some((200, dup))),
+            Verdict::Fail(vec!["timeout-or-duplicate".into()])
+        );
     }
 
     #[test]
@@ -252,7 +282,10 @@ mod tests {
         assert!(matches!(judge(&closed, None), Verdict::Fail(_)));
         let ie = br#"{"success":false,"error-codes":["internal-error"]}"#;
         assert!(matches!(judge(&closed, Some((200, ie))), Verdict::Fail(_)));
-        let open = TurnstileConfig { on_unavailable: FailMode::Open, ..cfg() };
+        let open = TurnstileConfig {
+            on_unavailable: FailMode::Open,
+            ..cfg()
+        };
         assert_eq!(judge(&open, None), Verdict::Pass);
         assert_eq!(judge(&open, Some((502, b"<html>"))), Verdict::Pass);
     }
@@ -268,7 +301,10 @@ mod tests {
         remember(&s, "u1", now, &c).unwrap();
         assert!(is_remembered(&s, "u1", now.plus_ms(60_000)).unwrap());
         assert_eq!(precheck(&c, Some("same-token"), None, true), Precheck::Pass);
-        assert!(!is_remembered(&s, "u1", now.plus_ms(1_800_001)).unwrap(), "pass expires");
+        assert!(
+            !is_remembered(&s, "u1", now.plus_ms(1_800_001)).unwrap(),
+            "pass expires"
+        );
     }
 
     #[test]
@@ -277,6 +313,9 @@ mod tests {
         assert_eq!(p.status, 403);
         assert_eq!(p.code, "challenge_failed");
         assert_eq!(p.still_available, vec!["faq", "retry", "handoff"]);
-        assert_eq!(fallback_problem(&["siteverify-unreachable".into()]).code, "challenge_unavailable");
+        assert_eq!(
+            fallback_problem(&["siteverify-unreachable".into()]).code,
+            "challenge_unavailable"
+        );
     }
 }

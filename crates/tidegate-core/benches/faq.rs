@@ -1,0 +1,71 @@
+//! Matching one query against a 1,000-entry knowledge base, and loading its artefact.
+//!
+//! The knowledge base is built from the banking77 phrasings in `data/banking77/kb-all.jsonl`
+//! (6,998 real customer questions) dealt round-robin into 1,000 entries of about seven
+//! phrasings each, so the vocabulary and posting lists are those of real support text.
+//! Run: `cargo bench -p tidegate-core --bench faq`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use tidegate_core::faq::{build_artifact, FaqConfig, KnowledgeBase};
+
+const SOURCE: &str = include_str!("../../../data/banking77/kb-all.jsonl");
+const ENTRIES: usize = 1000;
+
+fn thousand_entry_artifact() -> Vec<u8> {
+    let mut phrasings: Vec<String> = Vec::new();
+    for line in SOURCE.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for q in v["questions"].as_array().unwrap() {
+            phrasings.push(q.as_str().unwrap().to_owned());
+        }
+    }
+    let mut groups: Vec<Vec<String>> = vec![Vec::new(); ENTRIES];
+    for (i, p) in phrasings.into_iter().enumerate() {
+        groups[i % ENTRIES].push(p);
+    }
+    let mut src = String::new();
+    for (i, g) in groups.into_iter().enumerate() {
+        let line = serde_json::json!({
+            "id": format!("entry-{i}"),
+            "questions": g,
+            "answer": format!("Answer number {i}, about as long as a real FAQ answer is on a sale day."),
+        });
+        src.push_str(&line.to_string());
+        src.push('\n');
+    }
+    build_artifact(&src).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let artifact = thousand_entry_artifact();
+    let kb = KnowledgeBase::from_artifact(&artifact).unwrap();
+    assert_eq!(kb.len(), ENTRIES);
+    eprintln!("1,000-entry artefact: {} bytes", artifact.len());
+    let cfg = FaqConfig::default();
+    c.bench_function("faq/lookup 1000 entries (en)", |b| {
+        b.iter(|| {
+            kb.lookup(
+                black_box("I still haven't received my new card, what can I do?"),
+                None,
+                &cfg,
+            )
+        })
+    });
+    c.bench_function("faq/lookup 1000 entries (short)", |b| {
+        b.iter(|| kb.lookup(black_box("card declined"), None, &cfg))
+    });
+    c.bench_function("faq/lookup 1000 entries (zh, no match)", |b| {
+        b.iter(|| kb.lookup(black_box("我的卡还没有收到，怎么办？"), None, &cfg))
+    });
+    c.bench_function("faq/load 1000-entry artefact", |b| {
+        b.iter(|| KnowledgeBase::from_artifact(black_box(&artifact)).unwrap())
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

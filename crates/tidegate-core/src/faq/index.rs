@@ -1,0 +1,711 @@
+//! The knowledge-base artefact: building it from JSONL, its binary format, and the index the
+//! matcher searches.
+//!
+//! # Source format
+//! One JSON object a line: `{"id": "refund-window", "questions": ["...", "..."],
+//! "answer": "...", "locale": "en", "tags": ["promo"]}`; `locale` and `tags` are optional,
+//! unknown fields are an error (a typo such as `"question"` must not be silently ignored).
+//! Blank lines are skipped. Building rejects, with the 1-based line number: bad JSON, empty or
+//! duplicate ids, empty answers, entries without phrasings, phrasings that normalise to
+//! nothing, and a phrasing shared by two entries (after normalisation). A phrasing repeated
+//! within one entry is kept once.
+//!
+//! # Artefact format (version 1, integers are LEB128 varints unless noted)
+//! ```text
+//! "TGKB" | format: u8 = 1 | content hash: u64 LE (FNV-1a 64 of everything after it)
+//! entries: n, then per entry: id, answer, locale ("" = any), n tags + tags, n phrasings
+//! vocabulary: n, then n term hashes as u64 LE, ascending
+//! phrasings (in entry order): negated: u8, flip bits, n terms, then n times
+//!     (term index delta from the previous one, term count)
+//! strings: byte length, then UTF-8
+//! ```
+//! The artefact stores term hashes and counts, not phrasing text: loading derives weights and
+//! posting lists in one pass without tokenising anything. The version is the content hash in
+//! hex, so any change to the knowledge base (or to how it is tokenised) yields a new version.
+
+use super::normalize::normalize;
+use super::tokenize::{markers, terms, Fnv, Kind, Markers};
+use serde::Deserialize;
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+const MAGIC: &[u8; 4] = b"TGKB";
+const FORMAT: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 8;
+/// Longest accepted id, answer and phrasing, in bytes.
+const MAX_ID: usize = 200;
+const MAX_TEXT: usize = 64 * 1024;
+
+/// A problem in the knowledge-base source, with its 1-based line number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildError {
+    /// 1-based line of the JSONL source.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Why a knowledge-base artefact could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KbError(pub String);
+
+impl std::fmt::Display for KbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid knowledge-base artefact: {}", self.0)
+    }
+}
+
+impl std::error::Error for KbError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceEntry {
+    id: String,
+    questions: Vec<String>,
+    answer: String,
+    #[serde(default)]
+    locale: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// One entry as built, before encoding.
+struct BuiltEntry {
+    id: String,
+    answer: String,
+    locale: String,
+    tags: Vec<String>,
+    /// Per phrasing: markers and (term hash, count), sorted by hash.
+    phrasings: Vec<(Markers, Vec<(u64, u32)>)>,
+}
+
+/// Compiles JSONL knowledge-base source into the artefact the hosts load.
+///
+/// Every problem found is reported, each with its line number.
+pub fn build_artifact(jsonl: &str) -> Result<Vec<u8>, Vec<BuildError>> {
+    let mut errors = Vec::new();
+    let mut entries: Vec<BuiltEntry> = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut owners: HashMap<String, (String, usize)> = HashMap::new();
+    for (idx, raw) in jsonl.lines().enumerate() {
+        let line = idx + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let mut err = |message: String| errors.push(BuildError { line, message });
+        let src: SourceEntry = match serde_json::from_str(raw) {
+            Ok(s) => s,
+            Err(e) => {
+                err(format!("not a valid entry: {e}"));
+                continue;
+            }
+        };
+        let id = src.id.trim().to_owned();
+        if id.is_empty() {
+            err("`id` is empty".into());
+            continue;
+        }
+        if id.len() > MAX_ID {
+            err(format!("`id` is longer than {MAX_ID} bytes"));
+            continue;
+        }
+        match ids.entry(id.clone()) {
+            MapEntry::Occupied(first) => {
+                err(format!(
+                    "duplicate id `{id}` (first on line {})",
+                    first.get()
+                ));
+                continue;
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(line);
+            }
+        }
+        let answer = src.answer.trim().to_owned();
+        if answer.is_empty() {
+            err(format!("entry `{id}` has an empty answer"));
+        } else if answer.len() > MAX_TEXT {
+            err(format!(
+                "entry `{id}`: answer is longer than {MAX_TEXT} bytes"
+            ));
+        }
+        if src.questions.is_empty() {
+            err(format!("entry `{id}` has no questions"));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        let mut phrasings = Vec::new();
+        for q in &src.questions {
+            if q.len() > MAX_TEXT {
+                err(format!(
+                    "entry `{id}`: a question is longer than {MAX_TEXT} bytes"
+                ));
+                continue;
+            }
+            let norm = normalize(q);
+            if norm.is_empty() {
+                err(format!(
+                    "entry `{id}`: question {q:?} is empty after normalisation"
+                ));
+                continue;
+            }
+            if seen.contains(&norm) {
+                continue;
+            }
+            match owners.get(&norm) {
+                Some((other, other_line)) => {
+                    err(format!(
+                        "question {q:?} of `{id}` is also a question of `{other}` (line {other_line})"
+                    ));
+                    continue;
+                }
+                None => {
+                    owners.insert(norm.clone(), (id.clone(), line));
+                }
+            }
+            phrasings.push((markers(&norm), counted_terms(&norm)));
+            seen.push(norm);
+        }
+        let locale = src
+            .locale
+            .map(|l| l.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        entries.push(BuiltEntry {
+            id,
+            answer,
+            locale,
+            tags: src.tags,
+            phrasings,
+        });
+    }
+    if entries.is_empty() && errors.is_empty() {
+        errors.push(BuildError {
+            line: 1,
+            message: "the knowledge base has no entries".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(encode(&entries))
+}
+
+/// Terms of normalised text with their counts, sorted by hash.
+pub(crate) fn counted_terms(norm: &str) -> Vec<(u64, u32)> {
+    let mut hashes: Vec<u64> = Vec::new();
+    terms(norm, &mut hashes);
+    hashes.sort_unstable();
+    let mut out: Vec<(u64, u32)> = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        match out.last_mut() {
+            Some((last, n)) if *last == h => *n += 1,
+            _ => out.push((h, 1)),
+        }
+    }
+    out
+}
+
+fn encode(entries: &[BuiltEntry]) -> Vec<u8> {
+    let mut vocab: Vec<u64> = entries
+        .iter()
+        .flat_map(|e| e.phrasings.iter())
+        .flat_map(|p| p.1.iter().map(|t| t.0))
+        .collect();
+    vocab.sort_unstable();
+    vocab.dedup();
+    let mut body = Vec::new();
+    put_varint(&mut body, entries.len() as u64);
+    for e in entries {
+        put_str(&mut body, &e.id);
+        put_str(&mut body, &e.answer);
+        put_str(&mut body, &e.locale);
+        put_varint(&mut body, e.tags.len() as u64);
+        for t in &e.tags {
+            put_str(&mut body, t);
+        }
+        put_varint(&mut body, e.phrasings.len() as u64);
+    }
+    put_varint(&mut body, vocab.len() as u64);
+    for h in &vocab {
+        body.extend_from_slice(&h.to_le_bytes());
+    }
+    for e in entries {
+        for (m, ts) in &e.phrasings {
+            body.push(u8::from(m.negated));
+            put_varint(&mut body, m.flips);
+            put_varint(&mut body, ts.len() as u64);
+            let mut prev = 0u64;
+            for (h, n) in ts {
+                // Terms are sorted by hash and the vocabulary too, so indices ascend.
+                let idx = vocab.binary_search(h).unwrap_or(0) as u64;
+                put_varint(&mut body, idx - prev);
+                put_varint(&mut body, u64::from(*n));
+                prev = idx;
+            }
+        }
+    }
+    let mut fnv = Fnv::new();
+    fnv.write(&body);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT);
+    out.extend_from_slice(&fnv.finish().to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads the artefact body, checking every bound.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, what: &str) -> KbError {
+        KbError(format!("{what} at byte {}", self.pos + HEADER_LEN))
+    }
+
+    fn byte(&mut self) -> Result<u8, KbError> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.err("truncated"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, KbError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.err("varint too long"))
+    }
+
+    /// A count of items that each take at least `min_bytes`: refuses counts the remaining
+    /// bytes cannot hold, so a corrupt count cannot trigger a huge allocation.
+    fn count(&mut self, min_bytes: usize) -> Result<usize, KbError> {
+        let n = self.varint()?;
+        let left = (self.buf.len() - self.pos) as u64;
+        if n.saturating_mul(min_bytes.max(1) as u64) > left {
+            return Err(self.err("count larger than the artefact"));
+        }
+        Ok(n as usize)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], KbError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
+        let end = end.ok_or_else(|| self.err("truncated"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn string(&mut self) -> Result<String, KbError> {
+        let n = self.count(1)?;
+        let b = self.bytes(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.err("invalid UTF-8"))
+    }
+
+    fn u64_le(&mut self) -> Result<u64, KbError> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+/// Identity hasher for maps keyed by term hashes (already well mixed).
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct TermHasher(u64);
+
+impl Hasher for TermHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// One loaded entry.
+#[derive(Clone, Debug)]
+pub(crate) struct EntryData {
+    pub id: String,
+    pub answer: String,
+    /// Lowercase locale, "" for any.
+    pub locale: String,
+    pub tags: Vec<String>,
+    /// Phrasings `phrasings.0 .. phrasings.1` in [`Index::phrasing_markers`].
+    pub phrasings: (u32, u32),
+    /// Union of the markers of all its phrasings.
+    pub markers: Markers,
+}
+
+/// A sparse matrix in compressed rows: row `r` is `cols[offs[r]..offs[r + 1]]`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Postings {
+    pub offs: Vec<u32>,
+    pub cols: Vec<u32>,
+    pub vals: Vec<f32>,
+}
+
+impl Postings {
+    /// Builds term-major postings from row-major `(row, term, weight)` triples.
+    fn from_rows(n_terms: usize, rows: &[Vec<(u32, f32)>]) -> Self {
+        let mut counts = vec![0u32; n_terms + 1];
+        for row in rows {
+            for (t, _) in row {
+                counts[*t as usize + 1] += 1;
+            }
+        }
+        for i in 1..counts.len() {
+            counts[i] += counts[i - 1];
+        }
+        let total = counts[n_terms] as usize;
+        let mut cols = vec![0u32; total];
+        let mut vals = vec![0f32; total];
+        let mut fill = counts.clone();
+        for (r, row) in rows.iter().enumerate() {
+            for (t, w) in row {
+                let slot = &mut fill[*t as usize];
+                cols[*slot as usize] = r as u32;
+                vals[*slot as usize] = *w;
+                *slot += 1;
+            }
+        }
+        Postings {
+            offs: counts,
+            cols,
+            vals,
+        }
+    }
+
+    pub(crate) fn row(&self, term: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.offs[term] as usize, self.offs[term + 1] as usize);
+        (&self.cols[a..b], &self.vals[a..b])
+    }
+}
+
+/// The searchable index.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Index {
+    pub version: String,
+    pub entries: Vec<EntryData>,
+    pub vocab: HashMap<u64, u32, BuildHasherDefault<TermHasher>>,
+    /// Inverse document frequency per term (documents are entries).
+    pub idf: Vec<f32>,
+    /// Weight of a query term the knowledge base has never seen.
+    pub idf_unknown: f32,
+    pub phrasing_entry: Vec<u32>,
+    pub phrasing_markers: Vec<Markers>,
+    /// term -> (phrasing, weight in the phrasing's unit vector).
+    pub by_phrasing: Postings,
+    /// term -> (entry, weight in the entry's unit centroid).
+    pub by_entry: Postings,
+}
+
+/// Weight of a term occurring `count` times (sublinear).
+pub(crate) fn tf_weight(count: u32) -> f32 {
+    1.0 + (count.max(1) as f32).ln()
+}
+
+impl Index {
+    pub(crate) fn load(bytes: &[u8]) -> Result<Index, KbError> {
+        if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
+            return Err(KbError("not a tidegate knowledge base (bad magic)".into()));
+        }
+        if bytes[4] != FORMAT {
+            return Err(KbError(format!(
+                "unsupported format {} (expected {FORMAT})",
+                bytes[4]
+            )));
+        }
+        let mut hash = [0u8; 8];
+        hash.copy_from_slice(&bytes[5..13]);
+        let hash = u64::from_le_bytes(hash);
+        let body = &bytes[HEADER_LEN..];
+        let mut fnv = Fnv::new();
+        fnv.write(body);
+        if fnv.finish() != hash {
+            return Err(KbError(
+                "content hash mismatch (corrupt or truncated)".into(),
+            ));
+        }
+        let mut r = Reader { buf: body, pos: 0 };
+        let n_entries = r.count(4)?;
+        let mut entries = Vec::with_capacity(n_entries);
+        let mut n_phrasings = 0usize;
+        for _ in 0..n_entries {
+            let id = r.string()?;
+            let answer = r.string()?;
+            let locale = r.string()?;
+            let n_tags = r.count(1)?;
+            let mut tags = Vec::with_capacity(n_tags);
+            for _ in 0..n_tags {
+                tags.push(r.string()?);
+            }
+            let n = r.count(3)?;
+            let start = n_phrasings as u32;
+            n_phrasings += n;
+            let end = u32::try_from(n_phrasings).map_err(|_| r.err("too many phrasings"))?;
+            entries.push(EntryData {
+                id,
+                answer,
+                locale,
+                tags,
+                phrasings: (start, end),
+                markers: Markers::default(),
+            });
+        }
+        let n_terms = r.count(8)?;
+        let mut terms = Vec::with_capacity(n_terms);
+        for _ in 0..n_terms {
+            terms.push(r.u64_le()?);
+        }
+        // Raw phrasing rows: (term, count).
+        let mut rows: Vec<Vec<(u32, u32)>> = Vec::with_capacity(n_phrasings);
+        let mut phrasing_entry = Vec::with_capacity(n_phrasings);
+        let mut phrasing_markers = Vec::with_capacity(n_phrasings);
+        for (e, entry) in entries.iter_mut().enumerate() {
+            for _ in entry.phrasings.0..entry.phrasings.1 {
+                let negated = r.byte()? != 0;
+                let flips = r.varint()?;
+                let m = Markers { negated, flips };
+                entry.markers.negated |= negated;
+                entry.markers.flips |= flips;
+                let n = r.count(2)?;
+                let mut row = Vec::with_capacity(n);
+                let mut idx = 0u64;
+                for i in 0..n {
+                    let delta = r.varint()?;
+                    if i > 0 && delta == 0 {
+                        return Err(r.err("repeated term"));
+                    }
+                    idx = idx
+                        .checked_add(delta)
+                        .ok_or_else(|| r.err("term index overflow"))?;
+                    if idx >= n_terms as u64 {
+                        return Err(r.err("term index out of range"));
+                    }
+                    let count = u32::try_from(r.varint()?).map_err(|_| r.err("term count"))?;
+                    row.push((idx as u32, count));
+                }
+                rows.push(row);
+                phrasing_entry.push(e as u32);
+                phrasing_markers.push(m);
+            }
+        }
+        if r.pos != body.len() {
+            return Err(r.err("trailing bytes"));
+        }
+        Ok(Self::assemble(
+            version_of(hash),
+            entries,
+            terms,
+            rows,
+            phrasing_entry,
+            phrasing_markers,
+        ))
+    }
+
+    fn assemble(
+        version: String,
+        entries: Vec<EntryData>,
+        terms: Vec<u64>,
+        rows: Vec<Vec<(u32, u32)>>,
+        phrasing_entry: Vec<u32>,
+        phrasing_markers: Vec<Markers>,
+    ) -> Index {
+        let n_terms = terms.len();
+        // Entry-level document frequency: a term used by every phrasing of one entry is
+        // distinctive for that entry, not common.
+        let mut df = vec![0u32; n_terms];
+        let mut last_entry = vec![u32::MAX; n_terms];
+        for (p, row) in rows.iter().enumerate() {
+            let e = phrasing_entry[p];
+            for (t, _) in row {
+                if last_entry[*t as usize] != e {
+                    last_entry[*t as usize] = e;
+                    df[*t as usize] += 1;
+                }
+            }
+        }
+        let n = entries.len() as f32;
+        let idf: Vec<f32> = df
+            .iter()
+            .map(|d| ((n + 1.0) / (*d as f32 + 1.0)).ln() + 1.0)
+            .collect();
+        let idf_unknown = (n + 1.0).ln() + 1.0;
+        let kind_w: Vec<f32> = terms
+            .iter()
+            .map(|h| Kind::of(*h).map_or(0.0, Kind::weight))
+            .collect();
+        let mut unit_rows: Vec<Vec<(u32, f32)>> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut v: Vec<(u32, f32)> = row
+                .iter()
+                .map(|(t, c)| (*t, kind_w[*t as usize] * tf_weight(*c) * idf[*t as usize]))
+                .collect();
+            normalise_vec(&mut v);
+            unit_rows.push(v);
+        }
+        let mut centroids: Vec<Vec<(u32, f32)>> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let mut sum: HashMap<u32, f32> = HashMap::new();
+            for p in entry.phrasings.0..entry.phrasings.1 {
+                for (t, w) in &unit_rows[p as usize] {
+                    *sum.entry(*t).or_insert(0.0) += *w;
+                }
+            }
+            let mut v: Vec<(u32, f32)> = sum.into_iter().collect();
+            v.sort_unstable_by_key(|x| x.0);
+            normalise_vec(&mut v);
+            centroids.push(v);
+        }
+        let by_phrasing = Postings::from_rows(n_terms, &unit_rows);
+        let by_entry = Postings::from_rows(n_terms, &centroids);
+        let mut vocab = HashMap::with_capacity_and_hasher(n_terms, BuildHasherDefault::default());
+        for (i, h) in terms.iter().enumerate() {
+            vocab.insert(*h, i as u32);
+        }
+        Index {
+            version,
+            entries,
+            vocab,
+            idf,
+            idf_unknown,
+            phrasing_entry,
+            phrasing_markers,
+            by_phrasing,
+            by_entry,
+        }
+    }
+}
+
+fn normalise_vec(v: &mut [(u32, f32)]) {
+    let norm = v.iter().map(|x| x.1 * x.1).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            x.1 /= norm;
+        }
+    }
+}
+
+fn version_of(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const KB: &str = r#"{"id": "refund", "questions": ["How do I get a refund?", "refund please"], "answer": "Within 7 days.", "locale": "en"}
+{"id": "退款", "questions": ["怎么退款", "退款多久到账"], "answer": "7天内原路退回。", "locale": "zh", "tags": ["refund"]}
+"#;
+
+    #[test]
+    fn builds_and_loads() {
+        let a = build_artifact(KB).unwrap();
+        let idx = Index::load(&a).unwrap();
+        assert_eq!(idx.entries.len(), 2);
+        assert_eq!(idx.entries[1].id, "退款");
+        assert_eq!(idx.entries[1].tags, vec!["refund".to_string()]);
+        assert_eq!(idx.phrasing_entry, vec![0, 0, 1, 1]);
+        assert_eq!(idx.version.len(), 16);
+    }
+
+    #[test]
+    fn version_follows_content() {
+        let a = Index::load(&build_artifact(KB).unwrap()).unwrap();
+        let b = Index::load(&build_artifact(KB).unwrap()).unwrap();
+        assert_eq!(a.version, b.version, "same content, same version");
+        let changed = KB.replace("Within 7 days.", "Within 14 days.");
+        let c = Index::load(&build_artifact(&changed).unwrap()).unwrap();
+        assert_ne!(
+            a.version, c.version,
+            "a changed answer must change the version"
+        );
+    }
+
+    #[test]
+    fn reports_errors_with_line_numbers() {
+        let src = r#"{"id": "a", "questions": ["Hello there"], "answer": "hi"}
+
+{"id": "a", "questions": ["other"], "answer": "x"}
+{"id": "b", "questions": ["HELLO, there!"], "answer": "y"}
+{"id": "c", "questions": ["c?"], "answer": "   "}
+{"id": "d", "question": ["typo"], "answer": "z"}
+not json
+{"id": "e", "questions": [], "answer": "z"}
+{"id": "", "questions": ["q"], "answer": "z"}
+{"id": "f", "questions": ["?!"], "answer": "z"}
+"#;
+        let errs = build_artifact(src).unwrap_err();
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 4, 5, 6, 7, 8, 9, 10], "{errs:#?}");
+        assert!(errs[0]
+            .message
+            .contains("duplicate id `a` (first on line 1)"));
+        assert!(errs[1].message.contains("also a question of `a` (line 1)"));
+        assert!(errs[2].message.contains("empty answer"));
+        assert!(errs[3].message.contains("unknown field"));
+        assert!(errs[5].message.contains("no questions"));
+        assert!(errs[7].message.contains("empty after normalisation"));
+    }
+
+    #[test]
+    fn empty_source_is_an_error() {
+        assert_eq!(build_artifact("\n\n").unwrap_err()[0].line, 1);
+    }
+
+    #[test]
+    fn rejects_corrupt_artefacts() {
+        let a = build_artifact(KB).unwrap();
+        assert!(Index::load(&a[..a.len() - 1]).is_err());
+        assert!(Index::load(b"TGKB").is_err());
+        assert!(Index::load(b"").is_err());
+        let mut flipped = a.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(Index::load(&flipped).is_err());
+        let mut fmt = a.clone();
+        fmt[4] = 9;
+        assert!(Index::load(&fmt).is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! Text normalisation applied to every phrasing at build time and every query at lookup.
+//!
+//! Two strings that a person reads as the same question must normalise to the same text:
+//! full-width and half-width forms, letter case, punctuation (ASCII, general and CJK),
+//! any kind of whitespace (including the ideographic space U+3000) and invisible characters
+//! (zero-width spaces, joiners, the byte-order mark, soft hyphens, variation selectors) must
+//! not change what a query matches.
+//!
+//! The steps, in order:
+//! 1. drop invisible characters;
+//! 2. Unicode NFKC (full-width `Ａ` and `１` become `A` and `1`, half-width katakana become
+//!    full-width, U+3000 becomes a space, ligatures split);
+//! 3. case folding (lowercase, plus `ß` to `ss` and final sigma to sigma), then NFKC again
+//!    because lowercasing can leave a string that is no longer in NFKC;
+//! 4. apostrophes inside a word are dropped (`don't` to `dont`, so contractions stay one
+//!    word), every other punctuation, symbol-like separator, control or whitespace character
+//!    becomes a space;
+//! 5. runs of spaces collapse to one, and the ends are trimmed.
+//!
+//! The result is idempotent: `normalize(&normalize(s)) == normalize(s)` (property-tested).
+
+use unicode_normalization::UnicodeNormalization;
+
+/// Normalises `text` for matching (see the module documentation for the steps).
+pub fn normalize(text: &str) -> String {
+    let visible: String = text.chars().filter(|c| !is_invisible(*c)).collect();
+    let mut folded = fold_nfkc(&visible);
+    // Case folding and NFKC can feed each other for a few exotic characters; a second round
+    // reaches the fixed point for everything the property test has found.
+    let again = fold_nfkc(&folded);
+    if again != folded {
+        folded = again;
+    }
+    separate(&folded)
+}
+
+/// NFKC, case folding, NFKC.
+fn fold_nfkc(text: &str) -> String {
+    let mut lower = String::with_capacity(text.len());
+    for c in text.nfkc() {
+        match c {
+            'ß' | 'ẞ' => lower.push_str("ss"),
+            'ς' => lower.push('σ'),
+            _ => lower.extend(c.to_lowercase()),
+        }
+    }
+    lower.nfkc().collect()
+}
+
+/// Steps 4 and 5: apostrophes, punctuation and whitespace.
+fn separate(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut prev_word = false;
+    let mut pending_space = false;
+    while let Some(c) = chars.next() {
+        if is_apostrophe(c) {
+            let next_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
+            if prev_word && next_word {
+                continue;
+            }
+            pending_space = true;
+            prev_word = false;
+            continue;
+        }
+        if is_separator(c) {
+            pending_space = true;
+            prev_word = false;
+            continue;
+        }
+        if pending_space && !out.is_empty() {
+            out.push(' ');
+        }
+        pending_space = false;
+        out.push(c);
+        prev_word = c.is_alphanumeric();
+    }
+    out
+}
+
+fn is_apostrophe(c: char) -> bool {
+    matches!(c, '\'' | '\u{2019}' | '\u{2018}' | '`' | '\u{02BC}')
+}
+
+/// Characters that are never shown: removing them must not change a match.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// Punctuation, whitespace and control characters: they separate words and carry no meaning
+/// for matching.
+fn is_separator(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || c.is_ascii_punctuation()
+        || matches!(
+            c,
+            // Latin-1 punctuation and symbols: ¡ ¦ § ¨ « ¬ ¯ ° ± ´ ¶ · ¸ » ¿ × ÷
+            '\u{00A1}'
+                | '\u{00A6}'..='\u{00A8}'
+                | '\u{00AB}'
+                | '\u{00AC}'
+                | '\u{00AF}'..='\u{00B1}'
+                | '\u{00B4}'
+                | '\u{00B6}'..='\u{00B8}'
+                | '\u{00BB}'
+                | '\u{00BF}'
+                | '\u{00D7}'
+                | '\u{00F7}'
+                // General punctuation: dashes, quotes, ellipsis, bullets, per-mille...
+                | '\u{2010}'..='\u{205E}'
+                // Arrows, shapes and dingbats often used as bullets.
+                | '\u{2190}'..='\u{21FF}'
+                | '\u{25A0}'..='\u{25FF}'
+                | '\u{2700}'..='\u{27BF}'
+                // Supplemental punctuation.
+                | '\u{2E00}'..='\u{2E7F}'
+                // CJK symbols and punctuation: 、。〃〈〉《》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟 etc.
+                // (U+3005-U+3007 are letters: 々 〆 〇.)
+                | '\u{3000}'..='\u{3004}'
+                | '\u{3008}'..='\u{3020}'
+                | '\u{3030}'
+                | '\u{303D}'
+                | '\u{30FB}'
+                // Vertical and small form variants, CJK compatibility forms.
+                | '\u{FE10}'..='\u{FE19}'
+                | '\u{FE30}'..='\u{FE6F}'
+                // Full-width and half-width punctuation that NFKC leaves alone.
+                | '\u{FF01}'..='\u{FF0F}'
+                | '\u{FF1A}'..='\u{FF20}'
+                | '\u{FF3B}'..='\u{FF40}'
+                | '\u{FF5B}'..='\u{FF65}'
+                | '\u{FFE0}'..='\u{FFEE}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+    use proptest::prelude::*;
+
+    #[test]
+    fn folds_case_and_full_width_forms() {
+        assert_eq!(
+            normalize("ＨＯＷ  do I Get a REFUND？"),
+            "how do i get a refund"
+        );
+        assert_eq!(normalize("ＳＰＲＩＮＧ６１８"), "spring618");
+        assert_eq!(normalize("Straße"), "strasse");
+        assert_eq!(normalize("ﬁnal ﬂash sale"), "final flash sale");
+    }
+
+    #[test]
+    fn removes_punctuation_including_cjk() {
+        assert_eq!(normalize("退款，怎么申请？"), "退款 怎么申请");
+        assert_eq!(normalize("【限时秒杀】几点开始！！"), "限时秒杀 几点开始");
+        assert_eq!(
+            normalize("《Python入门》课程、发票。"),
+            "python入门 课程 发票"
+        );
+        assert_eq!(normalize("refund... (please!) -- now"), "refund please now");
+        assert_eq!(
+            normalize("“smart quotes” «guillemets»"),
+            "smart quotes guillemets"
+        );
+    }
+
+    #[test]
+    fn whitespace_of_every_kind_collapses() {
+        assert_eq!(normalize("退款\u{3000}政策"), "退款 政策");
+        assert_eq!(
+            normalize("\t refund\u{00A0}\u{2003}policy \r\n"),
+            "refund policy"
+        );
+        assert_eq!(normalize("   "), "");
+    }
+
+    #[test]
+    fn invisible_characters_are_dropped() {
+        assert_eq!(normalize("re\u{200B}fund"), "refund");
+        assert_eq!(normalize("\u{FEFF}退\u{200D}款"), "退款");
+        assert_eq!(normalize("pro\u{00AD}mo code\u{FE0F}"), "promo code");
+    }
+
+    #[test]
+    fn contractions_stay_one_word() {
+        assert_eq!(normalize("I don't want it"), "i dont want it");
+        assert_eq!(normalize("I can\u{2019}t log in"), "i cant log in");
+        assert_eq!(normalize("'quoted'"), "quoted");
+    }
+
+    #[test]
+    fn half_width_katakana_become_full_width() {
+        assert_eq!(normalize("ｶﾀｶﾅ"), "カタカナ");
+    }
+
+    proptest! {
+        #[test]
+        fn idempotent_on_any_text(s in any::<String>()) {
+            let once = normalize(&s);
+            prop_assert_eq!(normalize(&once), once.clone());
+            prop_assert!(!once.starts_with(' ') && !once.ends_with(' '));
+            prop_assert!(!once.contains("  "));
+        }
+
+        #[test]
+        fn idempotent_on_mixed_scripts(s in "[a-zA-Z0-9 ,.!?'’\u{3000}-\u{303F}\u{4E00}-\u{4E80}\u{FF01}-\u{FF5E}\u{200B}\u{FEFF}\u{0300}-\u{0310}]{0,40}") {
+            let once = normalize(&s);
+            prop_assert_eq!(normalize(&once), once);
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Matcher behaviour, in English and Chinese: the demo knowledge base (`kb/demo.jsonl`) and
+//! small knowledge bases built for one fault each.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use proptest::prelude::*;
+
+const DEMO: &str = include_str!("../../../../kb/demo.jsonl");
+
+fn demo() -> KnowledgeBase {
+    KnowledgeBase::from_artifact(&build_artifact(DEMO).unwrap()).unwrap()
+}
+
+fn kb(src: &str) -> KnowledgeBase {
+    KnowledgeBase::from_artifact(&build_artifact(src).unwrap()).unwrap()
+}
+
+fn served(kb: &KnowledgeBase, q: &str) -> Option<String> {
+    kb.lookup(q, None, &FaqConfig::default())
+        .map(|h| h.id.to_owned())
+}
+
+#[test]
+fn demo_builds_and_serves_paraphrases_in_both_languages() {
+    let kb = demo();
+    assert!(kb.len() >= 30);
+    for (q, id) in [
+        ("how do I get a refund", "refund-policy"),
+        ("Where's my refund??", "refund-status"),
+        ("How do I turn on 2FA", "enable-2fa"),
+        ("how to disable two factor authentication", "disable-2fa"),
+        ("Can I pay by PayPal?", "payment-methods"),
+        ("my promo code is not working", "promo-code-invalid"),
+        ("退款政策是什么", "zh-refund-policy"),
+        ("秒杀几点开始？", "zh-flash-sale"),
+        ("优惠码怎么用", "zh-promo-code"),
+        ("怎么开发票？", "zh-invoice"),
+        ("已拆封的教材能退吗", "zh-return-opened"),
+    ] {
+        assert_eq!(served(&kb, q).as_deref(), Some(id), "{q}");
+    }
+}
+
+#[test]
+fn normalisation_makes_variants_equal() {
+    let kb = demo();
+    let plain = kb.rank("how do i get a refund", None, 2);
+    for variant in [
+        "ＨＯＷ ＤＯ Ｉ ＧＥＴ Ａ ＲＥＦＵＮＤ？",
+        "how\u{3000}do\u{200B} I get a re\u{200B}fund!!!",
+        "\u{FEFF}How do I get a REFUND\u{00AD}?",
+    ] {
+        assert_eq!(kb.rank(variant, None, 2), plain, "{variant}");
+    }
+    assert_eq!(
+        kb.rank("退款政策是什么？", None, 1),
+        kb.rank("退款政策是什么", None, 1)
+    );
+    assert_eq!(
+        kb.rank("\u{3000}退款政策是什么\u{3000}", None, 1),
+        kb.rank("退款政策是什么", None, 1)
+    );
+    assert_eq!(
+        kb.rank("退款\u{3000}政策\u{200B}是什么", None, 1)[0].id,
+        "zh-refund-policy"
+    );
+}
+
+#[test]
+fn unrelated_questions_get_no_answer() {
+    let kb = demo();
+    for q in [
+        "what's the weather today",
+        "how do I cancel my subscription",
+        "how do I enable notifications",
+        "今天天气怎么样",
+        "我的猫不吃饭是什么原因",
+        "这个周末去哪里玩比较好",
+        "",
+        "???",
+    ] {
+        assert_eq!(served(&kb, q), None, "{q}");
+    }
+}
+
+// Regression (fault class: a cache answers the opposite question, "enable" vs "disable").
+#[test]
+fn regression_disable_is_not_answered_with_enable() {
+    let kb = kb(
+        r#"{"id": "enable-alerts", "questions": ["How do I enable price alerts?", "turn on price alerts", "activate alerts for price drops"], "answer": "Settings > Alerts > Enable."}
+{"id": "delete-account", "questions": ["How do I delete my account?"], "answer": "Settings > Account > Delete."}"#,
+    );
+    assert_eq!(
+        served(&kb, "how do I enable price alerts").as_deref(),
+        Some("enable-alerts")
+    );
+    for q in [
+        "How do I disable price alerts?",
+        "turn off price alerts",
+        "deactivate price alerts",
+    ] {
+        let top = &kb.rank(q, None, 1)[0];
+        assert_eq!(
+            top.id, "enable-alerts",
+            "lexically closest is still the enable entry"
+        );
+        assert!(top.conflict, "{q}");
+        assert_eq!(served(&kb, q), None, "{q}");
+    }
+}
+
+// Regression (fault class: opposite question, "opened" vs "unopened").
+#[test]
+fn regression_unopened_is_not_answered_with_opened() {
+    let kb = kb(
+        r#"{"id": "return-opened", "questions": ["Can I return an opened textbook?", "return an opened book"], "answer": "No, unless damaged."}"#,
+    );
+    assert_eq!(
+        served(&kb, "can I return an opened textbook").as_deref(),
+        Some("return-opened")
+    );
+    assert_eq!(served(&kb, "can I return an unopened textbook"), None);
+    let demo = demo();
+    assert_eq!(served(&demo, "未拆封的教材能退吗"), None);
+    assert!(demo.rank("未拆封的教材能退吗", None, 1)[0].conflict);
+}
+
+// Regression (fault class: Chinese near-miss, 退款 refund vs 退货 return, one character apart).
+#[test]
+fn regression_refund_and_return_differ_by_one_character() {
+    let only_return = kb(
+        r#"{"id": "return-policy", "questions": ["退货政策是什么", "怎么退货"], "answer": "14天内未拆封可退货。"}"#,
+    );
+    assert_eq!(
+        served(&only_return, "退货政策是什么").as_deref(),
+        Some("return-policy")
+    );
+    assert_eq!(served(&only_return, "退款政策是什么"), None);
+    assert_eq!(served(&only_return, "怎么退款"), None);
+
+    let both = kb(
+        r#"{"id": "return-policy", "questions": ["退货政策是什么", "怎么退货"], "answer": "14天内未拆封可退货。"}
+{"id": "refund-policy", "questions": ["退款政策是什么", "怎么退款"], "answer": "7天内可退款。"}"#,
+    );
+    assert_eq!(
+        served(&both, "退款政策是什么？").as_deref(),
+        Some("refund-policy")
+    );
+    assert_eq!(
+        served(&both, "退货政策是什么？").as_deref(),
+        Some("return-policy")
+    );
+    assert_eq!(
+        served(&both, "怎么退款？").as_deref(),
+        Some("refund-policy")
+    );
+    // Extra words the knowledge base has never seen lower the score: ranked first, but not
+    // strong enough to serve (precision over recall).
+    assert_eq!(both.rank("请问怎么退款", None, 1)[0].id, "refund-policy");
+}
+
+// Regression (fault class: a cache matches unrelated Chinese text through common characters).
+#[test]
+fn regression_common_characters_do_not_match_unrelated_chinese() {
+    let kb = kb(
+        r#"{"id": "invoice", "questions": ["我的发票在哪里下载"], "answer": "我的订单 > 发票。"}"#,
+    );
+    assert_eq!(
+        served(&kb, "我的发票在哪里下载").as_deref(),
+        Some("invoice")
+    );
+    assert_eq!(served(&kb, "我的朋友在哪里"), None);
+    assert_eq!(served(&kb, "我的是在哪里的"), None);
+}
+
+#[test]
+fn negation_prefers_the_matching_polarity() {
+    let kb = kb(
+        r#"{"id": "card-arrived", "questions": ["my card arrived, how do I activate it"], "answer": "Activate it in the app."}
+{"id": "card-missing", "questions": ["my card has not arrived"], "answer": "Cards take 5 days."}"#,
+    );
+    assert_eq!(
+        kb.rank("my card still hasn't arrived", None, 1)[0].id,
+        "card-missing"
+    );
+    assert_eq!(
+        kb.rank("我的卡还没到", None, 1),
+        Vec::new(),
+        "no Chinese entries"
+    );
+}
+
+#[test]
+fn locale_restricts_candidates() {
+    let kb = demo();
+    assert!(kb.rank("退款政策是什么", Some("en"), 5).is_empty());
+    assert_eq!(
+        kb.rank("退款政策是什么", Some("zh-CN"), 1)[0].id,
+        "zh-refund-policy"
+    );
+    assert!(kb
+        .rank("refund policy", Some("zh"), 5)
+        .iter()
+        .all(|c| c.id.starts_with("zh-")));
+}
+
+#[test]
+fn runner_up_too_close_is_not_served() {
+    let kb = kb(
+        r#"{"id": "fee", "questions": ["card payment fee"], "answer": "A"}
+{"id": "limit", "questions": ["card payment limit"], "answer": "B"}"#,
+    );
+    // The query is as close to both entries: neither may be served.
+    let r = kb.rank("card payment", None, 2);
+    assert_eq!(r.len(), 2);
+    assert!(
+        r[0].score - r[1].score < FaqConfig::default().min_margin,
+        "{r:?}"
+    );
+    assert_eq!(served(&kb, "card payment"), None);
+    assert_eq!(served(&kb, "card payment fee").as_deref(), Some("fee"));
+}
+
+#[test]
+fn disabled_config_serves_nothing() {
+    let cfg = FaqConfig {
+        enabled: false,
+        ..FaqConfig::default()
+    };
+    assert_eq!(demo().lookup("how do I get a refund", None, &cfg), None);
+}
+
+#[test]
+fn config_validation_names_the_field() {
+    assert_eq!(FaqConfig::default().validate(), Ok(()));
+    let bad = FaqConfig {
+        min_score: 1.5,
+        ..FaqConfig::default()
+    };
+    assert_eq!(bad.validate().unwrap_err().0, "min_score");
+    let bad = FaqConfig {
+        min_margin: f32::NAN,
+        ..FaqConfig::default()
+    };
+    assert_eq!(bad.validate().unwrap_err().0, "min_margin");
+    let bad = FaqConfig {
+        min_score: 0.05,
+        ..FaqConfig::default()
+    };
+    assert_eq!(bad.validate().unwrap_err().0, "min_score");
+    let parsed: FaqConfig = toml::from_str("min_score = 0.7").unwrap();
+    assert_eq!(
+        parsed,
+        FaqConfig {
+            min_score: 0.7,
+            ..FaqConfig::default()
+        }
+    );
+    assert!(toml::from_str::<FaqConfig>("min_scor = 0.7").is_err());
+}
+
+#[test]
+fn version_changes_with_the_knowledge_base() {
+    let a = demo();
+    let b = kb(&DEMO.replace("SPRING618 (15% off", "SPRING618 (20% off"));
+    assert_ne!(a.version(), b.version());
+    assert_eq!(a.version(), demo().version());
+}
+
+proptest! {
+    #[test]
+    fn lookup_never_panics(q in any::<String>(), loc in proptest::option::of("[a-zA-Z_-]{0,8}")) {
+        let kb = demo();
+        let r = kb.rank(&q, loc.as_deref(), 5);
+        prop_assert!(r.len() <= 5);
+        prop_assert!(r.windows(2).all(|w| w[0].score >= w[1].score));
+        prop_assert!(r.iter().all(|c| (0.0..=1.0).contains(&c.score)));
+        let _ = kb.lookup(&q, loc.as_deref(), &FaqConfig::default());
+    }
+
+    #[test]
+    fn lookup_never_panics_on_cjk_and_mixed(q in "[\u{4E00}-\u{4E40}a-z0-9 ，。？！\u{3000}\u{200B}]{0,60}") {
+        let _ = demo().lookup(&q, Some("zh"), &FaqConfig::default());
+    }
+
+    #[test]
+    fn loading_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = KnowledgeBase::from_artifact(&bytes);
+        let mut with_magic = b"TGKB\x01".to_vec();
+        with_magic.extend_from_slice(&bytes);
+        let _ = KnowledgeBase::from_artifact(&with_magic);
+    }
+
+    #[test]
+    fn corrupted_artefacts_are_refused(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let mut a = build_artifact(DEMO).unwrap();
+        let i = pos.index(a.len());
+        a[i] ^= 1 << bit;
+        prop_assert!(KnowledgeBase::from_artifact(&a).is_err());
+    }
+
+    #[test]
+    fn build_never_panics(src in any::<String>()) {
+        let _ = build_artifact(&src);
+    }
+}

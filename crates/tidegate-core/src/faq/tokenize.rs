@@ -1,0 +1,569 @@
+//! Turns normalised text into weighted terms and meaning-flip markers.
+//!
+//! Text is cut into runs of CJK characters (Han, kana, Hangul) and runs of anything else.
+//! Non-CJK runs are words separated by spaces. The terms of a text are:
+//! - each word, lightly stemmed (`charged`, `charging`, `charges` all become `charg`);
+//! - each pair of consecutive stemmed words, which keeps some word order (`card arrive`);
+//! - character n-grams of each unstemmed word with boundary marks, which tolerate typos and
+//!   inflections stemming misses (`recieve` still shares most n-grams with `receive`);
+//! - in CJK runs, every character bigram, and every single character at a low weight (a
+//!   single character carries little meaning on its own: `退款` and `退货` share `退`).
+//!
+//! Each term is a 64-bit hash whose top four bits name its kind, so that the artefact stores
+//! eight bytes per vocabulary term instead of the text, and the query path allocates nothing
+//! per term.
+//!
+//! Next to the terms, [`Markers`] records polarity: whether the text is negated (`not`,
+//! `never`, `don't`, `不`, `没`, `未`...) and which side of each meaning-flip pair it takes
+//! (enable / disable, opened / unopened, lock / unlock, `退款` / `退货`...). The matcher uses
+//! them to refuse answers to the opposite question.
+
+/// Kinds of term, stored in the top four bits of a term hash.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// A stemmed word.
+    Word = 1,
+    /// Two consecutive stemmed words.
+    WordPair = 2,
+    /// A character n-gram of a word.
+    CharGram = 3,
+    /// Two consecutive CJK characters.
+    CjkPair = 4,
+    /// One CJK character.
+    CjkChar = 5,
+}
+
+impl Kind {
+    pub(crate) fn of(hash: u64) -> Option<Kind> {
+        match hash >> 60 {
+            1 => Some(Kind::Word),
+            2 => Some(Kind::WordPair),
+            3 => Some(Kind::CharGram),
+            4 => Some(Kind::CjkPair),
+            5 => Some(Kind::CjkChar),
+            _ => None,
+        }
+    }
+
+    /// Relative weight of one term of this kind.
+    pub(crate) fn weight(self) -> f32 {
+        match self {
+            Kind::Word => 1.0,
+            Kind::WordPair => 0.25,
+            Kind::CharGram => 0.35,
+            Kind::CjkPair => 1.0,
+            Kind::CjkChar => 0.3,
+        }
+    }
+}
+
+/// Shortest and longest character n-gram taken from a word (boundary marks included).
+const CHAR_GRAM_MIN: usize = 3;
+const CHAR_GRAM_MAX: usize = 5;
+
+/// 64-bit FNV-1a, the hash of terms and of the artefact's content.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    pub(crate) const fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub(crate) fn write_char(&mut self, c: char) {
+        let mut buf = [0u8; 4];
+        self.write(c.encode_utf8(&mut buf).as_bytes());
+    }
+
+    pub(crate) fn finish(self) -> u64 {
+        self.0
+    }
+
+    fn term(self, kind: Kind) -> u64 {
+        (self.0 & 0x0FFF_FFFF_FFFF_FFFF) | (u64::from(kind as u8) << 60)
+    }
+}
+
+/// Polarity of a text: negation and the sides taken in meaning-flip pairs.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Markers {
+    /// The text contains a negation.
+    pub negated: bool,
+    /// Bit `2g` set: side A of flip group `g` is present; bit `2g + 1`: side B.
+    pub flips: u64,
+}
+
+impl Markers {
+    /// True when `self` and `other` take opposite sides of some flip pair: one has only side
+    /// A and the other only side B.
+    pub(crate) fn flip_conflict(&self, other: &Markers) -> bool {
+        const A: u64 = 0x5555_5555_5555_5555;
+        let a1 = self.flips & A;
+        let b1 = (self.flips >> 1) & A;
+        let a2 = other.flips & A;
+        let b2 = (other.flips >> 1) & A;
+        let only_a1 = a1 & !b1;
+        let only_b1 = b1 & !a1;
+        let only_a2 = a2 & !b2;
+        let only_b2 = b2 & !a2;
+        (only_a1 & only_b2) | (only_b1 & only_a2) != 0
+    }
+}
+
+/// Meaning-flip pairs: (side A, side B). English entries are one or two whole words,
+/// matched before stemming; CJK entries are matched inside CJK runs, longest first (so
+/// `未拆封` is not read as `拆封`).
+const FLIP_GROUPS: &[(&[&str], &[&str])] = &[
+    (
+        &[
+            "enable",
+            "enabled",
+            "enabling",
+            "activate",
+            "activated",
+            "activating",
+            "activation",
+            "turn on",
+            "switch on",
+            "开启",
+            "启用",
+            "打开",
+            "开通",
+            "激活",
+        ],
+        &[
+            "disable",
+            "disabled",
+            "disabling",
+            "deactivate",
+            "deactivated",
+            "deactivating",
+            "deactivation",
+            "turn off",
+            "switch off",
+            "关闭",
+            "禁用",
+            "停用",
+            "关掉",
+        ],
+    ),
+    (
+        &["opened", "open", "拆封", "已拆封", "拆开"],
+        &["unopened", "sealed", "未拆封", "没拆封"],
+    ),
+    (
+        &[
+            "lock", "locked", "freeze", "frozen", "block", "blocked", "冻结", "锁定",
+        ],
+        &[
+            "unlock",
+            "unlocked",
+            "unfreeze",
+            "unblock",
+            "unblocked",
+            "解冻",
+            "解锁",
+            "解封",
+        ],
+    ),
+    (
+        &["subscribe", "subscribed", "订阅"],
+        &["unsubscribe", "unsubscribed", "取消订阅", "退订"],
+    ),
+    (
+        &["add", "added", "添加", "增加"],
+        &["remove", "removed", "delete", "deleted", "删除", "移除"],
+    ),
+    (
+        &["increase", "increased", "raise", "提高", "提升"],
+        &["decrease", "decreased", "reduce", "降低"],
+    ),
+    (
+        &["upgrade", "upgraded", "升级"],
+        &["downgrade", "downgraded", "降级"],
+    ),
+    (
+        &["link", "linked", "bind", "绑定"],
+        &["unlink", "unlinked", "unbind", "解绑", "解除绑定"],
+    ),
+    (
+        &["log in", "login", "sign in", "signin", "登录", "登陆"],
+        &[
+            "log out",
+            "logout",
+            "sign out",
+            "signout",
+            "退出登录",
+            "注销",
+        ],
+    ),
+    (&["退款"], &["退货"]),
+    (&["退货"], &["换货"]),
+    (&["退款"], &["换货"]),
+    (&["encrypted", "encrypt"], &["unencrypted", "decrypt"]),
+    (&["verified", "verify"], &["unverified"]),
+    (&["paid"], &["unpaid"]),
+];
+
+/// Words that negate what follows (after normalisation: apostrophes are gone).
+const NEGATORS: &[&str] = &[
+    "not", "no", "never", "dont", "doesnt", "didnt", "cant", "cannot", "wont", "isnt", "arent",
+    "wasnt", "werent", "havent", "hasnt", "hadnt", "couldnt", "shouldnt", "wouldnt", "without",
+    "nothing", "neither", "nor", "unable",
+];
+
+/// CJK negations.
+const CJK_NEGATORS: &[&str] = &["不", "没", "未", "无法", "别", "非"];
+
+fn is_cjk(c: char) -> bool {
+    matches!(
+        c,
+        '\u{3040}'..='\u{30FF}'
+            | '\u{3005}'..='\u{3007}'
+            | '\u{3400}'..='\u{4DBF}'
+            | '\u{4E00}'..='\u{9FFF}'
+            | '\u{AC00}'..='\u{D7AF}'
+            | '\u{F900}'..='\u{FAFF}'
+            | '\u{20000}'..='\u{2FA1F}'
+    )
+}
+
+/// One run of the text.
+#[derive(Copy, Clone, Debug)]
+enum Run<'a> {
+    Word(&'a str),
+    Cjk(&'a str),
+}
+
+/// Splits normalised text into words and CJK runs, in order.
+fn runs(text: &str) -> impl Iterator<Item = Run<'_>> {
+    text.split(' ').filter(|w| !w.is_empty()).flat_map(|chunk| {
+        let mut out: Vec<Run<'_>> = Vec::new();
+        let mut start = 0;
+        let mut cjk = None;
+        for (i, c) in chunk.char_indices() {
+            let this = is_cjk(c);
+            match cjk {
+                Some(prev) if prev != this => {
+                    out.push(if prev {
+                        Run::Cjk(&chunk[start..i])
+                    } else {
+                        Run::Word(&chunk[start..i])
+                    });
+                    start = i;
+                }
+                _ => {}
+            }
+            cjk = Some(this);
+        }
+        if let Some(prev) = cjk {
+            out.push(if prev {
+                Run::Cjk(&chunk[start..])
+            } else {
+                Run::Word(&chunk[start..])
+            });
+        }
+        out
+    })
+}
+
+/// A light English stemmer: plural `s`, `ing`, `ed` and a final `e`.
+pub(crate) fn stem(word: &str) -> &str {
+    if word.len() <= 3 || !word.bytes().all(|b| b.is_ascii_lowercase()) {
+        return word;
+    }
+    let mut w = word;
+    if let Some(s) = w.strip_suffix("ies") {
+        if s.len() >= 3 {
+            // `companies` -> `compan`, like `company` below.
+            return s;
+        }
+    }
+    if w.ends_with("sses") {
+        w = &w[..w.len() - 2];
+    } else if w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") && !w.ends_with("is") {
+        w = &w[..w.len() - 1];
+    }
+    let mut stripped = false;
+    for suffix in ["ing", "ed"] {
+        if let Some(s) = w.strip_suffix(suffix) {
+            if s.len() >= 3 && s.bytes().any(|b| is_vowel(&b)) {
+                w = s;
+                stripped = true;
+                break;
+            }
+        }
+    }
+    let b = w.as_bytes();
+    if stripped && b.len() >= 4 {
+        let (x, y) = (b[b.len() - 1], b[b.len() - 2]);
+        if x == y && !matches!(x, b'l' | b's' | b'z') && !is_vowel(&x) {
+            w = &w[..w.len() - 1];
+        }
+    }
+    if w.len() > 3 {
+        if let Some(s) = w.strip_suffix('e') {
+            w = s;
+        }
+    }
+    if let Some(s) = w.strip_suffix('y') {
+        if s.len() >= 3 {
+            return s;
+        }
+    }
+    w
+}
+
+fn is_vowel(b: &u8) -> bool {
+    matches!(b, b'a' | b'e' | b'i' | b'o' | b'u' | b'y')
+}
+
+/// Receives the terms of a text.
+pub(crate) trait Sink {
+    fn term(&mut self, hash: u64);
+}
+
+impl Sink for Vec<u64> {
+    fn term(&mut self, hash: u64) {
+        self.push(hash);
+    }
+}
+
+/// Feeds every term of normalised `text` to `sink` (a term repeats as often as it occurs).
+pub(crate) fn terms(text: &str, sink: &mut impl Sink) {
+    let mut prev_stem: Option<&str> = None;
+    for run in runs(text) {
+        match run {
+            Run::Word(word) => {
+                let s = stem(word);
+                let mut h = Fnv::new();
+                h.write(s.as_bytes());
+                sink.term(h.term(Kind::Word));
+                if let Some(p) = prev_stem {
+                    let mut h = Fnv::new();
+                    h.write(p.as_bytes());
+                    h.write(b" ");
+                    h.write(s.as_bytes());
+                    sink.term(h.term(Kind::WordPair));
+                }
+                prev_stem = Some(s);
+                char_grams(word, sink);
+            }
+            Run::Cjk(run) => {
+                prev_stem = None;
+                let mut prev: Option<char> = None;
+                for c in run.chars() {
+                    let mut h = Fnv::new();
+                    h.write_char(c);
+                    sink.term(h.term(Kind::CjkChar));
+                    if let Some(p) = prev {
+                        let mut h = Fnv::new();
+                        h.write_char(p);
+                        h.write_char(c);
+                        sink.term(h.term(Kind::CjkPair));
+                    }
+                    prev = Some(c);
+                }
+            }
+        }
+    }
+}
+
+/// Character n-grams of `^word$` (n from [`CHAR_GRAM_MIN`] to [`CHAR_GRAM_MAX`]). Words of one
+/// or two characters give none: the word term covers them.
+fn char_grams(word: &str, sink: &mut impl Sink) {
+    let mut chars: [char; 34] = ['\0'; 34];
+    let mut n = 0;
+    chars[n] = '^';
+    n += 1;
+    for c in word.chars() {
+        if n >= chars.len() - 1 {
+            // Very long "words" (pasted tokens, URLs) get n-grams of their first 32 characters.
+            break;
+        }
+        chars[n] = c;
+        n += 1;
+    }
+    chars[n] = '$';
+    n += 1;
+    if n < 5 {
+        return;
+    }
+    for len in CHAR_GRAM_MIN..=CHAR_GRAM_MAX {
+        if len > n {
+            break;
+        }
+        for start in 0..=n - len {
+            let mut h = Fnv::new();
+            for c in &chars[start..start + len] {
+                h.write_char(*c);
+            }
+            sink.term(h.term(Kind::CharGram));
+        }
+    }
+}
+
+/// Negation and meaning-flip markers of normalised `text`.
+pub(crate) fn markers(text: &str) -> Markers {
+    let mut m = Markers::default();
+    let mut prev: Option<&str> = None;
+    for run in runs(text) {
+        match run {
+            Run::Word(word) => {
+                if NEGATORS.contains(&word) {
+                    m.negated = true;
+                }
+                m.flips |= flip_bits(word);
+                if let Some(p) = prev {
+                    let mut pair = String::with_capacity(p.len() + 1 + word.len());
+                    pair.push_str(p);
+                    pair.push(' ');
+                    pair.push_str(word);
+                    m.flips |= flip_bits(&pair);
+                }
+                prev = Some(word);
+            }
+            Run::Cjk(run) => {
+                prev = None;
+                if CJK_NEGATORS.iter().any(|n| run.contains(n)) {
+                    m.negated = true;
+                }
+                m.flips |= cjk_flip_bits(run);
+            }
+        }
+    }
+    m
+}
+
+fn flip_bits(term: &str) -> u64 {
+    let mut bits = 0;
+    for (g, (a, b)) in FLIP_GROUPS.iter().enumerate() {
+        if a.contains(&term) {
+            bits |= 1 << (2 * g);
+        }
+        if b.contains(&term) {
+            bits |= 1 << (2 * g + 1);
+        }
+    }
+    bits
+}
+
+/// Scans a CJK run left to right, taking the longest flip term at each position.
+fn cjk_flip_bits(run: &str) -> u64 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < run.len() {
+        let rest = &run[i..];
+        let mut best: Option<&str> = None;
+        for (a, b) in FLIP_GROUPS {
+            for t in a.iter().chain(b.iter()) {
+                if rest.starts_with(t) && best.is_none_or(|x| t.len() > x.len()) {
+                    best = Some(t);
+                }
+            }
+        }
+        match best {
+            Some(t) => {
+                bits |= flip_bits(t);
+                i += t.len();
+            }
+            None => {
+                i += rest.chars().next().map_or(1, char::len_utf8);
+            }
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faq::normalize::normalize;
+
+    fn m(text: &str) -> Markers {
+        markers(&normalize(text))
+    }
+
+    #[test]
+    fn stems_inflections_together() {
+        for w in ["charge", "charged", "charges", "charging"] {
+            assert_eq!(stem(w), "charg", "{w}");
+        }
+        assert_eq!(stem("transferred"), "transfer");
+        assert_eq!(stem("transfers"), "transfer");
+        assert_eq!(stem("cards"), "card");
+        assert_eq!(stem("address"), "address");
+        assert_eq!(stem("bus"), "bus");
+        assert_eq!(stem("top"), "top");
+        assert_eq!(stem("topping"), "top");
+        assert_eq!(stem("退款"), "退款");
+    }
+
+    #[test]
+    fn splits_cjk_from_latin() {
+        let mut t = Vec::new();
+        terms(&normalize("用SPRING618下单"), &mut t);
+        let words = t
+            .iter()
+            .filter(|h| Kind::of(**h) == Some(Kind::Word))
+            .count();
+        let cjk_pairs = t
+            .iter()
+            .filter(|h| Kind::of(**h) == Some(Kind::CjkPair))
+            .count();
+        // `spring618` is one word; `用` and `下单` are CJK runs: one pair (`下单`).
+        assert_eq!(words, 1);
+        assert_eq!(cjk_pairs, 1);
+    }
+
+    #[test]
+    fn cjk_terms_tell_refund_from_return() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        terms("退款", &mut a);
+        terms("退货", &mut b);
+        let pairs = |v: &Vec<u64>| -> Vec<u64> {
+            v.iter()
+                .copied()
+                .filter(|h| Kind::of(*h) == Some(Kind::CjkPair))
+                .collect()
+        };
+        assert_ne!(pairs(&a), pairs(&b));
+    }
+
+    #[test]
+    fn negation_in_both_languages() {
+        assert!(m("My card hasn't arrived").negated);
+        assert!(m("I did not get my refund").negated);
+        assert!(!m("When will my card arrive?").negated);
+        assert!(m("课程还没收到").negated);
+        assert!(m("我不想要了").negated);
+        assert!(!m("课程什么时候到").negated);
+    }
+
+    #[test]
+    fn flip_pairs_conflict_only_across_sides() {
+        assert!(
+            m("How do I enable notifications").flip_conflict(&m("how to disable notifications"))
+        );
+        assert!(m("Refund for an unopened book").flip_conflict(&m("refund for an opened book")));
+        assert!(m("turn on two-factor").flip_conflict(&m("turn off two factor")));
+        assert!(m("退款政策是什么").flip_conflict(&m("退货政策是什么")));
+        assert!(m("怎么开启自动续费").flip_conflict(&m("怎么关闭自动续费")));
+        assert!(m("未拆封的教材能退吗").flip_conflict(&m("已拆封的教材能退吗")));
+        assert!(!m("enable notifications").flip_conflict(&m("how do I enable notifications")));
+        assert!(!m("未拆封的教材能退吗").flip_conflict(&m("没拆封的书可以退吗")));
+        // A text that mentions both sides conflicts with neither.
+        assert!(!m("enable or disable alerts").flip_conflict(&m("disable alerts")));
+        // A text without the pair does not conflict.
+        assert!(!m("notifications settings").flip_conflict(&m("disable notifications")));
+    }
+}

@@ -1,0 +1,413 @@
+//! `tidegate kb`: build the FAQ knowledge-base artefact and evaluate the matcher.
+//!
+//! - `kb build --input FILE.jsonl --output FILE` compiles the JSONL source into the artefact
+//!   the hosts load from KV, reporting every source problem with its line number.
+//! - `kb eval --kb FILE --queries FILE.jsonl [--json OUT] [--sweep]` ranks every query and
+//!   prints MRR@5, top-1 accuracy, and at the configured thresholds the coverage, the
+//!   precision of what was served and the false-serve rate on should-miss queries
+//!   (`"expected": null`). `--sweep` adds a table over thresholds so an operator can pick.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tidegate_core::faq::{build_artifact, FaqConfig, KnowledgeBase};
+
+/// `tidegate kb <command>`.
+#[derive(clap::Subcommand, Debug)]
+pub enum KbCommand {
+    /// Compile a JSONL knowledge base into the artefact stored in KV.
+    Build {
+        /// JSONL source: one `{"id", "questions", "answer", "locale"?, "tags"?}` a line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the artefact.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Measure the matcher on labelled queries.
+    Eval {
+        /// Knowledge base: JSONL source or a built artefact.
+        #[arg(long)]
+        kb: PathBuf,
+        /// JSONL queries: `{"text": "...", "expected": "entry-id" | null}`.
+        #[arg(long)]
+        queries: PathBuf,
+        /// Write the summary and every query's ranking to this JSON file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Print (and write) coverage, precision and false-serve rate over a threshold grid.
+        #[arg(long)]
+        sweep: bool,
+        /// Serving threshold on the score (default: the built-in `[faq] min_score`).
+        #[arg(long)]
+        min_score: Option<f32>,
+        /// Serving threshold on the lead over the runner-up (default: `[faq] min_margin`).
+        #[arg(long)]
+        min_margin: Option<f32>,
+    },
+}
+
+/// Runs a `tidegate kb` command.
+pub fn run(cmd: KbCommand) -> Result<()> {
+    match cmd {
+        KbCommand::Build { input, output } => build(&input, &output),
+        KbCommand::Eval {
+            kb,
+            queries,
+            json,
+            sweep,
+            min_score,
+            min_margin,
+        } => {
+            let mut cfg = FaqConfig::default();
+            if let Some(s) = min_score {
+                cfg.min_score = s;
+            }
+            if let Some(m) = min_margin {
+                cfg.min_margin = m;
+            }
+            if let Err((field, msg)) = cfg.validate() {
+                bail!("--{}: {msg}", field.replace('_', "-"));
+            }
+            let report = eval(&kb, &queries, &cfg, sweep)?;
+            print!("{}", report.render());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn build(input: &Path, output: &Path) -> Result<()> {
+    let src =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let bytes = match build_artifact(&src) {
+        Ok(b) => b,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}:{}: {}", input.display(), e.line, e.message);
+            }
+            bail!(
+                "{}: {} problem(s), nothing written",
+                input.display(),
+                errors.len()
+            );
+        }
+    };
+    let started = Instant::now();
+    let kb =
+        KnowledgeBase::from_artifact(&bytes).context("the artefact just built does not load")?;
+    let load = started.elapsed();
+    std::fs::write(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "{}: {} entries, {} bytes, version {}, loads in {:.1} ms",
+        output.display(),
+        kb.len(),
+        bytes.len(),
+        kb.version(),
+        load.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Loads a knowledge base from JSONL source or from a built artefact.
+fn load_kb(path: &Path) -> Result<(KnowledgeBase, usize, f64)> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = if raw.starts_with(b"TGKB") {
+        raw
+    } else {
+        let src =
+            String::from_utf8(raw).context("knowledge base is neither UTF-8 nor an artefact")?;
+        match build_artifact(&src) {
+            Ok(b) => b,
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{}:{}: {}", path.display(), e.line, e.message);
+                }
+                bail!("{}: {} problem(s)", path.display(), errors.len());
+            }
+        }
+    };
+    let started = Instant::now();
+    let kb = KnowledgeBase::from_artifact(&bytes)?;
+    Ok((kb, bytes.len(), started.elapsed().as_secs_f64() * 1e3))
+}
+
+#[derive(Deserialize)]
+struct Query {
+    text: String,
+    expected: Option<String>,
+}
+
+/// One candidate in the JSON report.
+#[derive(Serialize, Clone, Debug)]
+struct Scored {
+    id: String,
+    score: f32,
+    conflict: bool,
+}
+
+/// One query in the JSON report.
+#[derive(Serialize, Debug)]
+struct QueryResult {
+    text: String,
+    expected: Option<String>,
+    top: Vec<Scored>,
+    served: Option<String>,
+}
+
+/// Outcome at one pair of thresholds.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+struct AtThreshold {
+    min_score: f32,
+    min_margin: f32,
+    /// Served answerable queries / answerable queries.
+    coverage: f64,
+    /// Right answers / all answers served (answerable and should-miss queries alike).
+    precision: f64,
+    /// Served should-miss queries / should-miss queries.
+    false_serve_rate: f64,
+    served: usize,
+    served_right: usize,
+    served_wrong: usize,
+    served_should_miss: usize,
+}
+
+/// The whole report.
+#[derive(Serialize, Debug)]
+struct Report {
+    kb_entries: usize,
+    kb_version: String,
+    artefact_bytes: usize,
+    load_ms: f64,
+    answerable: usize,
+    should_miss: usize,
+    /// Mean reciprocal rank of the expected entry within the top five (answerable queries).
+    mrr_at_5: f64,
+    top1_accuracy: f64,
+    /// Mean time to rank one query (debug builds are much slower than release).
+    mean_rank_us: f64,
+    at_serving_threshold: AtThreshold,
+    sweep: Vec<AtThreshold>,
+    queries: Vec<QueryResult>,
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn outcome(
+    results: &[(Option<String>, Vec<Scored>)],
+    min_score: f32,
+    min_margin: f32,
+) -> AtThreshold {
+    let cfg = FaqConfig {
+        enabled: true,
+        min_score,
+        min_margin,
+    };
+    let (mut right, mut wrong, mut miss_served, mut answerable, mut should_miss) = (0, 0, 0, 0, 0);
+    for (expected, top) in results {
+        let served = served_by(top, &cfg);
+        match (expected, served) {
+            (Some(_), None) => answerable += 1,
+            (Some(e), Some(s)) => {
+                answerable += 1;
+                if *e == s {
+                    right += 1;
+                } else {
+                    wrong += 1;
+                }
+            }
+            (None, served) => {
+                should_miss += 1;
+                if served.is_some() {
+                    miss_served += 1;
+                }
+            }
+        }
+    }
+    let served = right + wrong + miss_served;
+    AtThreshold {
+        min_score,
+        min_margin,
+        coverage: ratio(right + wrong, answerable),
+        precision: ratio(right, served),
+        false_serve_rate: ratio(miss_served, should_miss),
+        served,
+        served_right: right,
+        served_wrong: wrong,
+        served_should_miss: miss_served,
+    }
+}
+
+/// The id [`KnowledgeBase::lookup`] would serve, from a stored ranking.
+fn served_by(top: &[Scored], cfg: &FaqConfig) -> Option<String> {
+    let ranked: Vec<tidegate_core::faq::Candidate<'_>> = top
+        .iter()
+        .map(|s| tidegate_core::faq::Candidate {
+            id: &s.id,
+            answer: "",
+            score: s.score,
+            conflict: s.conflict,
+        })
+        .collect();
+    KnowledgeBase::decide(&ranked, cfg).map(|h| h.id.to_owned())
+}
+
+fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Result<Report> {
+    let (kb, artefact_bytes, load_ms) = load_kb(kb_path)?;
+    let src = std::fs::read_to_string(queries_path)
+        .with_context(|| format!("reading {}", queries_path.display()))?;
+    let mut queries = Vec::new();
+    for (i, line) in src.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q: Query = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}", queries_path.display(), i + 1))?;
+        if let Some(e) = &q.expected {
+            if kb.answer(e).is_none() {
+                bail!(
+                    "{}:{}: expected id `{e}` is not in the knowledge base",
+                    queries_path.display(),
+                    i + 1
+                );
+            }
+        }
+        queries.push(q);
+    }
+    if queries.is_empty() {
+        bail!("{}: no queries", queries_path.display());
+    }
+
+    let started = Instant::now();
+    let mut results: Vec<(Option<String>, Vec<Scored>)> = Vec::with_capacity(queries.len());
+    for q in &queries {
+        let top = kb
+            .rank(&q.text, None, 5)
+            .into_iter()
+            .map(|c| Scored {
+                id: c.id.to_owned(),
+                score: c.score,
+                conflict: c.conflict,
+            })
+            .collect();
+        results.push((q.expected.clone(), top));
+    }
+    let mean_rank_us = started.elapsed().as_secs_f64() * 1e6 / queries.len() as f64;
+
+    let (mut rr, mut top1, mut answerable) = (0.0, 0usize, 0usize);
+    for (expected, top) in &results {
+        let Some(e) = expected else { continue };
+        answerable += 1;
+        if let Some(pos) = top.iter().position(|s| &s.id == e) {
+            rr += 1.0 / (pos as f64 + 1.0);
+            if pos == 0 {
+                top1 += 1;
+            }
+        }
+    }
+    let at = outcome(&results, cfg.min_score, cfg.min_margin);
+    let mut grid = Vec::new();
+    if sweep {
+        for s in 0..=24 {
+            for m in [0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20] {
+                grid.push(outcome(&results, 0.30 + 0.025 * s as f32, m));
+            }
+        }
+    }
+    let served: Vec<QueryResult> = queries
+        .iter()
+        .zip(&results)
+        .map(|(q, (_, top))| QueryResult {
+            text: q.text.clone(),
+            expected: q.expected.clone(),
+            top: top.clone(),
+            served: served_by(top, cfg),
+        })
+        .collect();
+    Ok(Report {
+        kb_entries: kb.len(),
+        kb_version: kb.version().to_owned(),
+        artefact_bytes,
+        load_ms,
+        answerable,
+        should_miss: queries.len() - answerable,
+        mrr_at_5: if answerable == 0 {
+            0.0
+        } else {
+            rr / answerable as f64
+        },
+        top1_accuracy: ratio(top1, answerable),
+        mean_rank_us,
+        at_serving_threshold: at,
+        sweep: grid,
+        queries: served,
+    })
+}
+
+impl Report {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let pct = |x: f64| format!("{:5.1}%", x * 100.0);
+        out.push_str(&format!(
+            "knowledge base: {} entries, version {}, {} bytes, loaded in {:.1} ms\n",
+            self.kb_entries, self.kb_version, self.artefact_bytes, self.load_ms
+        ));
+        out.push_str(&format!(
+            "queries: {} answerable, {} should-miss; {:.0} us per query\n",
+            self.answerable, self.should_miss, self.mean_rank_us
+        ));
+        out.push_str(&format!("MRR@5            {:.4}\n", self.mrr_at_5));
+        out.push_str(&format!("top-1 accuracy   {}\n", pct(self.top1_accuracy)));
+        let a = &self.at_serving_threshold;
+        out.push_str(&format!(
+            "at min_score {:.2}, min_margin {:.2}:\n",
+            a.min_score, a.min_margin
+        ));
+        out.push_str(&format!(
+            "  coverage       {}  ({} of {} answerable served)\n",
+            pct(a.coverage),
+            a.served_right + a.served_wrong,
+            self.answerable
+        ));
+        out.push_str(&format!(
+            "  precision      {}  ({} right of {} served)\n",
+            pct(a.precision),
+            a.served_right,
+            a.served
+        ));
+        out.push_str(&format!(
+            "  false-serve    {}  ({} of {} should-miss served)\n",
+            pct(a.false_serve_rate),
+            a.served_should_miss,
+            self.should_miss
+        ));
+        if !self.sweep.is_empty() {
+            out.push_str("\nsweep (* = false-serve <= 1% and precision >= 95%)\n");
+            out.push_str("min_score min_margin coverage precision false-serve\n");
+            for r in &self.sweep {
+                let ok = r.false_serve_rate <= 0.01 && r.precision >= 0.95;
+                out.push_str(&format!(
+                    "{:9.2} {:10.2} {:>8} {:>9} {:>11} {}\n",
+                    r.min_score,
+                    r.min_margin,
+                    pct(r.coverage),
+                    pct(r.precision),
+                    pct(r.false_serve_rate),
+                    if ok { "*" } else { "" }
+                ));
+            }
+        }
+        out
+    }
+}

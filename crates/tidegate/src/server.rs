@@ -1,0 +1,608 @@
+//! `tidegate serve`: the policy core behind an HTTP server.
+//!
+//! The host's job is only IO: read the request, keep counters in memory and flags in the
+//! embedded KV store, call siteverify, the origin, Chatwoot and the alert webhook, and map the
+//! core's decisions to HTTP. Every policy decision is made in `tidegate_core`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tidegate_core::decision::HttpCall;
+use tidegate_core::faq::{self, KnowledgeBase};
+use tidegate_core::gateway::{self, Challenge, Gateway, Plan, Refusal, RequestFacts};
+use tidegate_core::reply::{CodeSet, Validator};
+use tidegate_core::store::MemoryStore;
+use tidegate_core::tier::{QpsMeter, Recommender, Tier};
+use tidegate_core::{turnstile, Config, Problem, Reason, UnixMs};
+use tracing::{info, warn};
+
+use crate::kv::Kv;
+use crate::metrics::Metrics;
+
+/// KV key of the FAQ artefact.
+pub const KB_KEY: &str = "faq_kb";
+/// The demo knowledge base served by the no-config quick start.
+const DEMO_KB: &str = include_str!("../../../kb/demo.jsonl");
+/// The demo's valid promo codes.
+const DEMO_CODES: &str = "SPRING618\nGROUP3\n";
+
+/// Flags as last read from KV, shared by all requests.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    /// Raw tier flag.
+    pub tier: Option<String>,
+    /// Valid promo codes.
+    pub codes: Arc<CodeSet>,
+    /// The FAQ knowledge base.
+    pub kb: Option<Arc<KnowledgeBase>>,
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    pub gw: Gateway,
+    pub store: MemoryStore,
+    pub kv: Kv,
+    pub flags: RwLock<Flags>,
+    pub validator: Arc<Validator>,
+    pub http: reqwest::Client,
+    pub origin_url: String,
+    pub admin_token: String,
+    pub metrics: Metrics,
+    pub qps: Mutex<QpsMeter>,
+    pub recommender: Mutex<Recommender>,
+}
+
+/// Milliseconds since the epoch, from the system clock.
+pub fn now() -> UnixMs {
+    UnixMs(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+/// Reads and validates a config file; errors name the file and the field.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    Config::from_toml(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+}
+
+/// `tidegate check-config FILE`.
+pub fn check_config(path: &Path) -> anyhow::Result<()> {
+    let cfg = load_config(path)?;
+    Validator::new(&cfg.validation)
+        .map_err(|(f, m)| anyhow::anyhow!("config {}: `validation.{f}`: {m}", path.display()))?;
+    println!(
+        "{}: ok (mode {:?}, origin {}, limits ip {}/{}s user {}/{}s origin {}/{}s)",
+        path.display(),
+        cfg.mode,
+        if cfg.origin.url.is_empty() {
+            "built-in stand-in"
+        } else {
+            &cfg.origin.url
+        },
+        cfg.limits.ip.limit,
+        cfg.limits.ip.window_secs,
+        cfg.limits.user.limit,
+        cfg.limits.user.window_secs,
+        cfg.limits.origin.limit,
+        cfg.limits.origin.window_secs,
+    );
+    Ok(())
+}
+
+impl App {
+    /// Re-reads the flags from KV (after an admin write, and at start).
+    pub fn refresh_flags(&self) -> anyhow::Result<()> {
+        let cfg = self.gw.config();
+        let tier = self
+            .kv
+            .get(&cfg.tiers.flag_key)?
+            .map(|v| String::from_utf8_lossy(&v).into());
+        let codes = self
+            .kv
+            .get(self.validator.codes_key())?
+            .map(|v| CodeSet::parse(&String::from_utf8_lossy(&v)))
+            .unwrap_or_default();
+        let kb = match self.kv.get(KB_KEY)? {
+            Some(bytes) => match KnowledgeBase::from_artifact(&bytes) {
+                Ok(kb) => Some(Arc::new(kb)),
+                Err(e) => {
+                    warn!(error = ?e, "stored FAQ artefact does not load; keeping the last one");
+                    self.flags.read().ok().and_then(|f| f.kb.clone())
+                }
+            },
+            None => None,
+        };
+        let level = tier
+            .as_deref()
+            .and_then(Tier::parse)
+            .unwrap_or_default()
+            .level();
+        self.metrics
+            .tier
+            .store(u64::from(level), std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut f) = self.flags.write() {
+            *f = Flags {
+                tier,
+                codes: Arc::new(codes),
+                kb,
+            };
+        }
+        Ok(())
+    }
+
+    fn flags(&self) -> Flags {
+        self.flags.read().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Makes an outbound call the core asked for (handoff, alert), retrying transient failures.
+    pub fn send_call(self: &Arc<Self>, call: HttpCall, what: &'static str) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=3u32 {
+                let mut rb = app
+                    .http
+                    .request(reqwest::Method::POST, &call.url)
+                    .timeout(Duration::from_secs(5))
+                    .body(call.body.clone());
+                for (k, v) in &call.headers {
+                    rb = rb.header(k, v);
+                }
+                match rb.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let c = if what == "handoff" {
+                            &app.metrics.handoffs
+                        } else {
+                            &app.metrics.alerts
+                        };
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        info!(what, url = %call.url, "outbound call done");
+                        return;
+                    }
+                    Ok(r) if r.status().is_client_error() => {
+                        warn!(what, status = %r.status(), url = %call.url, "outbound call refused");
+                        return;
+                    }
+                    Ok(r) => warn!(what, attempt, status = %r.status(), "outbound call failed"),
+                    Err(e) => warn!(what, attempt, error = %e, "outbound call failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            tracing::error!(what, url = %call.url, "outbound call abandoned after 3 attempts");
+        });
+    }
+
+    async fn challenge(
+        &self,
+        admitted: &gateway::Admitted,
+        headers: &HeaderMap,
+        now: UnixMs,
+    ) -> Challenge {
+        let t = &self.gw.config().turnstile;
+        if !t.enabled {
+            return Challenge::Passed;
+        }
+        let subject = admitted.client.subject();
+        let remembered = turnstile::is_remembered(&self.store, &subject, now).unwrap_or(false);
+        let ip = admitted.client.ip.to_string();
+        match turnstile::precheck(t, header(headers, &t.token_header), Some(&ip), remembered) {
+            turnstile::Precheck::Pass => Challenge::Passed,
+            turnstile::Precheck::Fail(codes) => Challenge::Failed(codes),
+            turnstile::Precheck::Verify(req) => {
+                let sent = self
+                    .http
+                    .post(&req.url)
+                    .header("content-type", turnstile::SiteverifyRequest::CONTENT_TYPE)
+                    .body(req.body)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                let reply = match sent {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        r.bytes().await.ok().map(|b| (status, b))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "siteverify unreachable");
+                        None
+                    }
+                };
+                match turnstile::judge(t, reply.as_ref().map(|(s, b)| (*s, &b[..]))) {
+                    turnstile::Verdict::Pass => {
+                        let _ = turnstile::remember(&self.store, &subject, now, t);
+                        Challenge::Passed
+                    }
+                    turnstile::Verdict::Fail(codes) => Challenge::Failed(codes),
+                }
+            }
+        }
+    }
+}
+
+/// A header's value as text (lossy for non-UTF-8 bytes, which a forged header may carry).
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
+}
+
+/// The reason named by a problem's code.
+fn reason_of(p: &Problem) -> Reason {
+    Reason::ALL
+        .into_iter()
+        .find(|r| r.as_str() == p.code)
+        .unwrap_or(Reason::BadRequest)
+}
+
+/// Sets the core's decision headers on a response.
+pub fn decorate(resp: &mut Response, headers: Vec<(&'static str, String)>) {
+    let h = resp.headers_mut();
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+}
+
+/// A refusal as an `application/problem+json` response with all decision headers.
+pub fn refusal(r: &Refusal, tier: Option<Tier>) -> Response {
+    let p = &r.problem;
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, p.to_json()).into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static(Problem::CONTENT_TYPE),
+    );
+    decorate(
+        &mut resp,
+        gateway::response_headers(&r.limits, reason_of(p), tier, p.retry_after),
+    );
+    resp
+}
+
+/// A problem with no limit outcomes.
+pub fn problem(p: Problem) -> Response {
+    refusal(
+        &Refusal {
+            problem: p,
+            limits: Vec::new(),
+        },
+        None,
+    )
+}
+
+async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Response> {
+    match axum::body::to_bytes(body, max).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            Err(problem(if too_large {
+                Problem::new(
+                    Reason::TooLarge,
+                    413,
+                    "Request too large",
+                    format!("the request body exceeds {max} bytes"),
+                )
+            } else {
+                Problem::bad_request(format!("could not read the request body: {e}"))
+            }))
+        }
+    }
+}
+
+async fn chat(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let now = now();
+    let cfg = app.gw.config();
+    let bytes = match read_body(body, cfg.client.max_body_bytes).await {
+        Ok(b) => b,
+        Err(resp) => {
+            app.metrics.decision(Reason::TooLarge);
+            return resp;
+        }
+    };
+    let facts = RequestFacts {
+        path: uri.path(),
+        peer: peer.ip(),
+        forwarded_for: header(&headers, "x-forwarded-for"),
+        user: header(&headers, &cfg.client.user_header),
+        conversation: header(&headers, &cfg.client.conversation_header),
+        body: &bytes,
+        now,
+    };
+    let admitted = match app.gw.admit(&app.store, &facts) {
+        Ok(a) => a,
+        Err(r) => {
+            app.metrics.decision(reason_of(&r.problem));
+            return refusal(&r, None);
+        }
+    };
+    let challenge = app.challenge(&admitted, &headers, now).await;
+    let flags = app.flags();
+    let plan = app.gw.plan(
+        &app.store,
+        &admitted,
+        flags.kb.as_deref(),
+        flags.tier.as_deref(),
+        &challenge,
+        now,
+    );
+    let tier = app.gw.tier(flags.tier.as_deref());
+    match plan {
+        Plan::Answer(a) => crate::origin::answer(&app, a),
+        Plan::Refuse(r) => {
+            app.metrics.decision(reason_of(&r.problem));
+            refusal(&r, Some(tier))
+        }
+        Plan::Forward(f) => crate::origin::forward(app.clone(), admitted, f, headers, flags).await,
+    }
+}
+
+async fn business_api(
+    State(app): State<Arc<App>>,
+    uri: Uri,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let now = now();
+    let Some(decision) = app.gw.admit_api(&app.store, uri.path(), now) else {
+        return problem(Problem::new(
+            Reason::BadRequest,
+            404,
+            "Not found",
+            "no such endpoint",
+        ));
+    };
+    let outcome = match decision {
+        Ok(o) => o,
+        Err(r) => {
+            app.metrics.decision(Reason::ApiCapped);
+            return refusal(&r, None);
+        }
+    };
+    crate::origin::proxy_api(&app, outcome, uri, method, headers, body).await
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let f = app.flags();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "tier": app.gw.tier(f.tier.as_deref()).as_str(),
+        "kb_version": f.kb.as_ref().map(|k| k.version().to_owned()),
+        "valid_codes": f.codes.len(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut r = app.metrics.render().into_response();
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// The router (also used by tests).
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/chat-messages", post(chat))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/admin", crate::admin::router(app.clone()))
+        .fallback(business_api)
+        .with_state(app)
+}
+
+fn random_token() -> String {
+    let mut buf = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut buf);
+    }
+    if buf == [0u8; 16] {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        buf = (t ^ u128::from(std::process::id()) << 64).to_le_bytes();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the app from a config (shared by `serve` and tests). `demo` seeds the demo KB and
+/// codes when absent.
+pub async fn build_app(mut cfg: Config, data_dir: &Path, demo: bool) -> anyhow::Result<Arc<App>> {
+    let validator = Validator::new(&cfg.validation)
+        .map_err(|(f, m)| anyhow::anyhow!("config: `validation.{f}`: {m}"))?;
+    let origin_url = if cfg.origin.url.is_empty() {
+        let addr = crate::mock::spawn(mock_defaults()?).await?;
+        info!(%addr, "no origin configured: started the built-in stand-in origin");
+        format!("http://{addr}")
+    } else {
+        cfg.origin.url.trim_end_matches('/').to_owned()
+    };
+    if cfg.server.admin_token.is_empty() {
+        let path = data_dir.join("admin-token");
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) if t.trim().len() >= 16 => t.trim().to_owned(),
+            _ => {
+                let t = random_token();
+                std::fs::create_dir_all(data_dir)?;
+                std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+                t
+            }
+        };
+        info!(path = %path.display(), "admin token (bearer) is in this file");
+        cfg.server.admin_token = token;
+    }
+    let kv = Kv::open(&data_dir.join("kv.redb"))?;
+    if demo {
+        let artefact = faq::build_artifact(DEMO_KB)
+            .map_err(|e| anyhow::anyhow!("demo knowledge base does not build: {e:?}"))?;
+        kv.put_if_absent(KB_KEY, &artefact)?;
+        kv.put_if_absent(validator.codes_key(), DEMO_CODES.as_bytes())?;
+    }
+    let gw = Gateway::new(cfg.clone()).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?;
+    let app = Arc::new(App {
+        gw,
+        store: MemoryStore::new(),
+        kv,
+        flags: RwLock::new(Flags::default()),
+        validator: Arc::new(validator),
+        http,
+        origin_url,
+        admin_token: cfg.server.admin_token.clone(),
+        metrics: Metrics::default(),
+        qps: Mutex::new(QpsMeter::new(10)),
+        recommender: Mutex::new(Recommender::default()),
+    });
+    app.refresh_flags()?;
+    Ok(app)
+}
+
+fn mock_defaults() -> anyhow::Result<crate::mock::MockArgs> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: crate::mock::MockArgs,
+    }
+    use clap::Parser;
+    Ok(Wrap::try_parse_from(["mock-origin", "--listen", "127.0.0.1:0"])?.args)
+}
+
+/// Watches origin QPS once a second and raises tier recommendations.
+fn spawn_tier_watch(app: Arc<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = now();
+            let rate = app.qps.lock().map(|m| m.rate(now)).unwrap_or(0.0);
+            app.metrics
+                .origin_qps_milli
+                .store((rate * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
+            let cfg = &app.gw.config().tiers;
+            let rec = app
+                .recommender
+                .lock()
+                .ok()
+                .and_then(|mut r| r.observe(rate, now, cfg));
+            let Some(rec) = rec else { continue };
+            app.metrics.tier_recommended.store(
+                u64::from(rec.to.level()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            warn!(
+                from = rec.from.as_str(),
+                to = rec.to.as_str(),
+                qps = rate,
+                "tier recommendation"
+            );
+            if let Err(e) = app
+                .kv
+                .put(&cfg.recommendation_key, rec.to.as_str().as_bytes())
+            {
+                warn!(error = %e, "could not store the tier recommendation");
+            }
+            if cfg.auto_activate {
+                if let Err(e) = app.kv.put(&cfg.flag_key, rec.to.as_str().as_bytes()) {
+                    warn!(error = %e, "could not activate the recommended tier");
+                }
+                let _ = app.refresh_flags();
+            }
+            let active = app.gw.tier(app.flags().tier.as_deref());
+            if !cfg.alert_webhook.is_empty() {
+                let call = HttpCall {
+                    method: "POST",
+                    url: cfg.alert_webhook.clone(),
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body: rec.alert_json(active, cfg.auto_activate),
+                };
+                app.send_call(call, "alert");
+            }
+        }
+    });
+}
+
+/// `tidegate serve`.
+pub async fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let demo = config.is_none();
+    let mut cfg = match &config {
+        Some(p) => load_config(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        cfg.server.listen = l;
+    }
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(&cfg.server.data_dir));
+    let addr: SocketAddr = cfg
+        .server
+        .listen
+        .parse()
+        .with_context(|| format!("listen address {:?}", cfg.server.listen))?;
+    let demo = demo || cfg.server.demo_data;
+    let app = build_app(cfg, &data_dir, demo).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    let f = app.flags();
+    info!(
+        listen = %bound,
+        origin = %app.origin_url,
+        tier = app.gw.tier(f.tier.as_deref()).as_str(),
+        kb_entries = f.kb.as_ref().map_or(0, |k| k.len()),
+        "tidegate serving"
+    );
+    spawn_tier_watch(app.clone());
+    let store_app = app.clone();
+    tokio::spawn(async move {
+        // Forget idle clients: a GCRA cell whose arrival time is in the past is a fresh state.
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let now_ns = now().as_nanos();
+            store_app.store.retain(|k, v| {
+                !(k.starts_with("ip:") || k.starts_with("user:") || k.starts_with("api:"))
+                    || v > now_ns
+            });
+        }
+    });
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutting down");
+    })
+    .await?;
+    Ok(())
+}
