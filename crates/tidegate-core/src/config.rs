@@ -665,6 +665,12 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_exactly_the_defaults() {
+        let doc = include_str!("../../../docs/tidegate.example.toml");
+        assert_eq!(Config::from_toml(doc).unwrap(), Config::default());
+    }
+
+    #[test]
     fn production_accepts_a_real_secret() {
         let doc = "mode = \"production\"\n[server]\nadmin_token = \"0123456789abcdefXYZ\"\n\
                    [turnstile]\nenabled = true\nsecret = \"0x4AAAAAAAreal\"";

@@ -104,6 +104,9 @@ pub(crate) fn rank<'a>(
     }
     let q_norm = norm_sq.sqrt();
 
+    // TODO(#4): common character n-grams touch most phrasings of a large knowledge base
+    // (~226 us per query at 1,000 entries / 7,000 phrasings against a 50 us target): prune
+    // low-idf postings or score phrasings only for entries the rarer terms reach.
     let mut by_phrasing = vec![0.0f32; idx.phrasing_entry.len()];
     let mut by_entry = vec![0.0f32; idx.entries.len()];
     for (t, w) in &known {
