@@ -323,6 +323,8 @@ impl Gateway {
         let route = tier::route(tier, &self.cfg.tiers, &self.cfg.origin.model);
         let faq_on = self.cfg.faq.enabled || route.force_faq;
         if let (true, Some(kb)) = (faq_on, kb) {
+            // TODO(#4): pass the client's locale once requests carry one reliably; entries of
+            // every locale compete today, which the matcher's script-aware tokens keep apart.
             if let Some(hit) = kb.lookup(&req.question, None, &self.cfg.faq) {
                 let id = hit.id.to_owned();
                 // Hit counts are best effort: a store failure must not lose the answer.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 /// Where the admin API is and how to authenticate.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct AdminArgs {
     /// Base URL of the gateway.
     #[arg(long, env = "TIDEGATE_URL", default_value = "http://127.0.0.1:8080")]
@@ -45,43 +45,38 @@ pub enum FlagCommand {
     },
 }
 
-/// Runs a flag subcommand.
-pub async fn run(admin: AdminArgs, cmd: FlagCommand) -> anyhow::Result<()> {
-    let token = match admin.token {
-        Some(t) => t,
-        None => {
-            let p = admin.data_dir.join("admin-token");
-            std::fs::read_to_string(&p)
-                .with_context(|| {
-                    format!(
+impl AdminArgs {
+    fn token(&self) -> anyhow::Result<String> {
+        Ok(match &self.token {
+            Some(t) => t.clone(),
+            None => {
+                let p = self.data_dir.join("admin-token");
+                std::fs::read_to_string(&p)
+                    .with_context(|| {
+                        format!(
                         "no --token given and {} is not readable (is the gateway running here?)",
                         p.display()
                     )
-                })?
-                .trim()
-                .to_owned()
-        }
-    };
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        })
+    }
+}
+
+/// Calls the admin API of a running gateway; the body of a 2xx reply, else an error.
+pub async fn admin_request(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<String> {
     let base = admin.url.trim_end_matches('/');
-    let http = reqwest::Client::new();
-    let url = |k: &str| format!("{base}/admin/flags/{k}");
-    let rb = match &cmd {
-        FlagCommand::List => http.get(format!("{base}/admin/flags")),
-        FlagCommand::Get { key } => http.get(url(key)),
-        FlagCommand::Set { key, value, file } => {
-            let body = match (value, file) {
-                (Some(v), None) => v.clone().into_bytes(),
-                (None, Some(f)) => {
-                    std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
-                }
-                _ => anyhow::bail!("give either a value or --file"),
-            };
-            http.put(url(key)).body(body)
-        }
-        FlagCommand::Delete { key } => http.delete(url(key)),
-    };
-    let resp = rb
-        .bearer_auth(token)
+    let resp = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .body(body)
+        .bearer_auth(admin.token()?)
         .send()
         .await
         .with_context(|| format!("cannot reach the gateway at {base}"))?;
@@ -90,6 +85,28 @@ pub async fn run(admin: AdminArgs, cmd: FlagCommand) -> anyhow::Result<()> {
     if !status.is_success() {
         anyhow::bail!("{status}: {text}");
     }
+    Ok(text)
+}
+
+/// Runs a flag subcommand.
+pub async fn run(admin: AdminArgs, cmd: FlagCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let (method, path, body) = match &cmd {
+        FlagCommand::List => (Method::GET, "/admin/flags".to_owned(), Vec::new()),
+        FlagCommand::Get { key } => (Method::GET, format!("/admin/flags/{key}"), Vec::new()),
+        FlagCommand::Set { key, value, file } => {
+            let body = match (value, file) {
+                (Some(v), None) => v.clone().into_bytes(),
+                (None, Some(f)) => {
+                    std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
+                }
+                _ => anyhow::bail!("give either a value or --file"),
+            };
+            (Method::PUT, format!("/admin/flags/{key}"), body)
+        }
+        FlagCommand::Delete { key } => (Method::DELETE, format!("/admin/flags/{key}"), Vec::new()),
+    };
+    let text = admin_request(&admin, method, &path, body).await?;
     match cmd {
         FlagCommand::Set { key, .. } => println!("set {key}"),
         FlagCommand::Delete { key } => println!("deleted {key}"),

@@ -46,12 +46,49 @@ pub enum KbCommand {
         #[arg(long)]
         min_margin: Option<f32>,
     },
+    /// Upload a JSONL knowledge base to a running gateway (built and checked there).
+    Push {
+        /// JSONL source.
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        admin: crate::flag_cmd::AdminArgs,
+    },
+    /// The hot set of a running gateway: the most-served FAQ entries since it started.
+    Top {
+        /// How many entries.
+        #[arg(short, long, default_value_t = 10)]
+        n: usize,
+        #[command(flatten)]
+        admin: crate::flag_cmd::AdminArgs,
+    },
 }
 
 /// Runs a `tidegate kb` command.
 pub fn run(cmd: KbCommand) -> Result<()> {
     match cmd {
         KbCommand::Build { input, output } => build(&input, &output),
+        KbCommand::Push { input, admin } => {
+            let body =
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let out = admin_call(&admin, reqwest::Method::PUT, "/admin/kb", body)?;
+            println!("{out}");
+            Ok(())
+        }
+        KbCommand::Top { n, admin } => {
+            let out = admin_call(
+                &admin,
+                reqwest::Method::GET,
+                &format!("/admin/faq/top?n={n}"),
+                vec![],
+            )?;
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+            println!("{:>8}  entry", "hits");
+            for r in rows {
+                println!("{:>8}  {}", r["hits"], r["id"].as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
         KbCommand::Eval {
             kb,
             queries,
@@ -410,4 +447,16 @@ impl Report {
         }
         out
     }
+}
+
+fn admin_call(
+    admin: &crate::flag_cmd::AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::flag_cmd::admin_request(admin, method, path, body))
 }

@@ -1,6 +1,7 @@
 //! `tidegate`: the native gateway and its operator and test tools.
 
 mod admin;
+mod drill;
 mod flag_cmd;
 mod kb;
 mod kv;
@@ -35,6 +36,9 @@ enum Command {
         /// Data directory for the KV store and admin token (overrides `[server].data_dir`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Runtime worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Check a config file and print what is wrong, naming the field.
     CheckConfig {
@@ -55,6 +59,8 @@ enum Command {
     },
     /// Run the stand-in LLM origin (OpenAI and Dify shapes), Turnstile and Chatwoot doubles.
     MockOrigin(mock::MockArgs),
+    /// Replay a compressed promo day (or the week-1 baseline) and print the scorecard.
+    Drill(drill::DrillArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,13 +71,16 @@ fn main() -> ExitCode {
             config,
             listen,
             data_dir,
-        } => runtime().and_then(|rt| rt.block_on(server::serve(config, listen, data_dir))),
+            workers,
+        } => runtime_with(workers)
+            .and_then(|rt| rt.block_on(server::serve(config, listen, data_dir))),
         Command::CheckConfig { file } => server::check_config(&file),
         Command::Flag { admin, cmd } => {
             runtime().and_then(|rt| rt.block_on(flag_cmd::run(admin, cmd)))
         }
         Command::Kb { cmd } => kb::run(cmd),
         Command::MockOrigin(args) => runtime().and_then(|rt| rt.block_on(mock::run(args))),
+        Command::Drill(args) => runtime().and_then(|rt| rt.block_on(drill::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,9 +92,15 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    runtime_with(None)
+}
+
+fn runtime_with(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    Ok(b.enable_all().build()?)
 }
 
 fn init_tracing() {

@@ -73,9 +73,17 @@ fn normalise(text: &str) -> String {
     out
 }
 
-/// True when `text` contains one of `phrases` (the origin's own "I don't know", configured),
-/// ignoring case, full-width forms, curly apostrophes and runs of whitespace.
+/// Replies longer than this are an answer, whatever phrase they contain.
+const DONT_KNOW_MAX_CHARS: usize = 240;
+
+/// True when the reply is the origin's own "I don't know": a short reply (at most 240
+/// characters) containing one of `phrases`, ignoring case, full-width forms, curly apostrophes
+/// and runs of whitespace. A long answer that says "I'm not sure which course you mean, but..."
+/// is an answer, not a reason to hand over.
 pub fn is_dont_know(text: &str, phrases: &[String]) -> bool {
+    if text.chars().nth(DONT_KNOW_MAX_CHARS).is_some() {
+        return false;
+    }
     let text = normalise(text);
     phrases
         .iter()
@@ -86,6 +94,16 @@ pub fn is_dont_know(text: &str, phrases: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dont_know_only_when_the_reply_is_short() {
+        let phrases = vec!["I'm not sure".to_owned(), "我不知道".to_owned()];
+        assert!(is_dont_know("I’m  NOT sure, sorry.", &phrases));
+        assert!(is_dont_know("抱歉，我不知道。", &phrases));
+        let long = format!("I'm not sure which course you mean, but {}", "here is more. ".repeat(20));
+        assert!(!is_dont_know(&long, &phrases));
+        assert!(!is_dont_know("Refunds take 3 days.", &phrases));
+    }
 
     #[test]
     fn personal_replies() {
