@@ -100,7 +100,10 @@ mod tests {
         let phrases = vec!["I'm not sure".to_owned(), "我不知道".to_owned()];
         assert!(is_dont_know("I’m  NOT sure, sorry.", &phrases));
         assert!(is_dont_know("抱歉，我不知道。", &phrases));
-        let long = format!("I'm not sure which course you mean, but {}", "here is more. ".repeat(20));
+        let long = format!(
+            "I'm not sure which course you mean, but {}",
+            "here is more. ".repeat(20)
+        );
         assert!(!is_dont_know(&long, &phrases));
         assert!(!is_dont_know("Refunds take 3 days.", &phrases));
     }
