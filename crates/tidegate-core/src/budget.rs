@@ -10,6 +10,10 @@
 use crate::store::{self, CounterStore, StoreError};
 use crate::time::UnixMs;
 
+/// Most tokens one reply is charged, whatever the origin reports: a corrupt or hostile usage
+/// figure (say `u64::MAX`) must not spend a month's budget in one request.
+pub const MAX_TOKENS_PER_REPLY: u64 = 1_000_000;
+
 /// The counter key for the month containing `now`.
 pub fn key(now: UnixMs) -> String {
     format!("budget:{}", now.month_key())
@@ -87,6 +91,7 @@ pub fn settle<S: CounterStore + ?Sized>(
     reserved: u64,
     actual: u64,
 ) -> Result<Status, StoreError> {
+    let actual = actual.min(MAX_TOKENS_PER_REPLY);
     store::update(store, &key(reserved_at), |spent| {
         let spent = spent.unwrap_or(0);
         let next = spent.saturating_sub(reserved).saturating_add(actual);
@@ -98,6 +103,15 @@ pub fn settle<S: CounterStore + ?Sized>(
             },
         )
     })
+}
+
+/// Sets this month's spend to `spent` (an operator raising or resetting the budget).
+pub fn set_spent<S: CounterStore + ?Sized>(
+    store: &S,
+    now: UnixMs,
+    spent: u64,
+) -> Result<(), StoreError> {
+    store::update(store, &key(now), |_| (Some(spent), ()))
 }
 
 /// Reads the status without changing it.
@@ -126,6 +140,12 @@ mod tests {
         assert_eq!(status(&s, now, 100).unwrap().spent, 95);
         assert!(!reserve(&s, now, 100, 10).unwrap().exhausted());
         assert!(reserve(&s, now, 100, 10).unwrap().exhausted(), "105 >= 100");
+        // A hostile usage figure is capped.
+        settle(&s, now, 0, u64::MAX).unwrap();
+        assert_eq!(
+            status(&s, now, 100).unwrap().spent,
+            105 + MAX_TOKENS_PER_REPLY
+        );
         // Next month starts fresh.
         let later = now.plus_ms(now.ms_until_next_month());
         assert_eq!(status(&s, later, 100).unwrap().spent, 0);

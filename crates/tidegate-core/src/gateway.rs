@@ -116,6 +116,9 @@ pub struct Answer {
     pub handoff: Option<HttpCall>,
     /// True when the conversation is now with a human.
     pub handed_off: bool,
+    /// The conversation handed over; give it back with [`crate::handoff::release`] if the
+    /// Chatwoot call cannot be delivered.
+    pub conversation: Option<String>,
     /// The tier in force.
     pub tier: Tier,
     /// Limit outcomes (for the headers).
@@ -166,6 +169,8 @@ pub struct Settlement {
     pub handoff: Option<HttpCall>,
     /// True when the conversation is now with a human.
     pub handed_off: bool,
+    /// The conversation handed over (see [`Answer::conversation`]).
+    pub conversation: Option<String>,
 }
 
 impl Gateway {
@@ -266,13 +271,15 @@ impl Gateway {
             }
             None => None,
         };
-        let conversation = facts
+        let header_conv = facts
             .conversation
             .map(str::trim)
             .filter(|s| !s.is_empty() && s.len() <= 128)
-            .map(str::to_owned)
-            .or_else(|| req.conversation_id.clone());
-        if let Some(conv) = &conversation {
+            .map(str::to_owned);
+        // The body's id is the origin's own (Dify); it wins, and a handoff on either id
+        // silences the bot, so a client cannot talk past a handoff by adding a header.
+        let conversation = req.conversation_id.clone().or_else(|| header_conv.clone());
+        for conv in [&req.conversation_id, &header_conv].into_iter().flatten() {
             match handoff::is_handed_off(store, conv) {
                 Ok(true) => return Err(refuse(handoff::handed_off_problem(), limits)),
                 Ok(false) => {}
@@ -338,6 +345,7 @@ impl Gateway {
                     faq_id: Some(id),
                     handoff: None,
                     handed_off: false,
+                    conversation: None,
                     tier,
                     limits,
                 });
@@ -393,7 +401,7 @@ impl Gateway {
             }
         }
         Plan::Forward(Forward {
-            body: self.origin_body(req, &route),
+            body: self.origin_body(req, admitted.client.user.as_deref(), &route),
             route,
             delay_ms,
             reserved,
@@ -410,8 +418,15 @@ impl Gateway {
 
     /// The body to send to the origin: OpenAI requests get the tier's model and, when
     /// streaming, `stream_options.include_usage` so tokens can be charged exactly.
-    fn origin_body(&self, req: &ChatRequest, route: &Route) -> Vec<u8> {
+    fn origin_body(&self, req: &ChatRequest, user: Option<&str>, route: &Route) -> Vec<u8> {
         let mut body = req.body.clone();
+        // The origin sees the identity the limits were applied to, not a body field the client
+        // may have set to someone else (Dify scopes conversations by `user`).
+        if let (Some(u), Some(obj)) = (user, body.as_object_mut()) {
+            if req.shape == Shape::Dify || obj.contains_key("user") {
+                obj.insert("user".into(), u.into());
+            }
+        }
         if req.shape == Shape::OpenAi {
             if let Some(obj) = body.as_object_mut() {
                 obj.insert("model".into(), route.model.clone().into());
@@ -458,6 +473,7 @@ impl Gateway {
             faq_id: None,
             handoff: s.handoff,
             handed_off: s.handed_off,
+            conversation: s.conversation,
             tier,
             limits,
         }
@@ -476,10 +492,12 @@ impl Gateway {
             Ok(true) => Settlement {
                 handoff: handoff::toggle_status_call(&self.cfg.handoff, conv),
                 handed_off: true,
+                conversation: Some(conv.clone()),
             },
             Ok(false) => Settlement {
                 handoff: None,
                 handed_off: true,
+                conversation: None,
             },
             Err(_) => Settlement::default(),
         }
@@ -518,7 +536,9 @@ impl Gateway {
     ) -> Plan {
         self.release(store, forward.reserved_at, forward.reserved);
         if matches!(status, Some(429) | Some(503)) {
-            if let Some(secs) = retry_after.and_then(|v| crate::time::parse_retry_after(v, now)) {
+            // Capped at an hour: clients should come back and see, not wait for a far date.
+            let parsed = retry_after.and_then(|v| crate::time::parse_retry_after(v, now));
+            if let Some(secs) = parsed.map(|s| s.min(3600)) {
                 let p = Problem::new(
                     Reason::OriginBusy,
                     503,

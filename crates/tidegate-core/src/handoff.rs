@@ -24,10 +24,18 @@ pub fn claim<S: CounterStore + ?Sized>(
     now: UnixMs,
 ) -> Result<bool, StoreError> {
     let k = key(conversation);
-    if store.load(&k)?.is_some() {
+    let current = store.load(&k)?;
+    if current.is_some_and(|(v, _)| v > 0) {
         return Ok(false);
     }
-    store.compare_and_swap(&k, None, now.0.max(1))
+    store.compare_and_swap(&k, current.map(|(_, ver)| ver), now.0.max(1))
+}
+
+/// Gives a claimed conversation back to the bot: the host calls this when the handoff could
+/// not be delivered (Chatwoot unreachable after retries), so the customer is not left with a
+/// silent bot and no human. The next message that needs a human claims it again.
+pub fn release<S: CounterStore + ?Sized>(store: &S, conversation: &str) -> Result<(), StoreError> {
+    crate::store::update(store, &key(conversation), |_| (Some(0), ()))
 }
 
 /// True when a human owns `conversation`.
@@ -35,7 +43,7 @@ pub fn is_handed_off<S: CounterStore + ?Sized>(
     store: &S,
     conversation: &str,
 ) -> Result<bool, StoreError> {
-    Ok(store.load(&key(conversation))?.is_some())
+    Ok(store.load(&key(conversation))?.is_some_and(|(v, _)| v > 0))
 }
 
 /// The Chatwoot call that hands `conversation` to a human (`toggle_status` to `open`), or
@@ -177,6 +185,11 @@ mod tests {
         assert_eq!(wins, 1);
         assert!(is_handed_off(&*s, "42").unwrap());
         assert!(!is_handed_off(&*s, "43").unwrap());
+        // A handoff that could not be delivered is given back, and can be claimed again once.
+        release(&*s, "42").unwrap();
+        assert!(!is_handed_off(&*s, "42").unwrap());
+        assert!(claim(&*s, "42", UnixMs(8)).unwrap());
+        assert!(!claim(&*s, "42", UnixMs(9)).unwrap());
     }
 
     #[test]

@@ -49,12 +49,14 @@ pub enum Verdict {
     Fail(Vec<String>),
 }
 
-/// Decides what the challenge needs for a request carrying `token` from `remote_ip`, for a
-/// user who `remembered` (see [`is_remembered`]) a pass or not.
+/// Decides what the challenge needs for a request carrying `token` from `remote_ip`, sent by
+/// `subject` (see [`crate::gateway::Client::subject`]), who `remembered` (see
+/// [`is_remembered`]) a pass or not.
 pub fn precheck(
     cfg: &TurnstileConfig,
     token: Option<&str>,
     remote_ip: Option<&str>,
+    subject: &str,
     remembered: bool,
 ) -> Precheck {
     if !cfg.enabled || remembered {
@@ -71,7 +73,7 @@ pub fn precheck(
         "secret={}&response={}&idempotency_key={}",
         form_encode(&cfg.secret),
         form_encode(token),
-        idempotency_key(token)
+        idempotency_key(token, subject)
     );
     if let Some(ip) = remote_ip {
         body.push_str("&remoteip=");
@@ -83,10 +85,16 @@ pub fn precheck(
     })
 }
 
-/// A UUID-formatted key derived from the token: the same token always gets the same key, so
-/// Turnstile accepts a retried verification instead of answering `timeout-or-duplicate`.
-pub fn idempotency_key(token: &str) -> String {
-    let d = Sha256::digest(token.as_bytes());
+/// A UUID-formatted key derived from the token and who sent it: the same client retrying the
+/// same token gets the same key, so Turnstile replays its verdict instead of answering
+/// `timeout-or-duplicate`; anyone else presenting that token gets another key, so the token
+/// stays single-use across clients.
+pub fn idempotency_key(token: &str, subject: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(subject.as_bytes());
+    h.update([0u8]);
+    h.update(token.as_bytes());
+    let d = h.finalize();
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -237,7 +245,8 @@ mod tests {
 
     #[test]
     fn precheck_builds_a_form_with_a_stable_idempotency_key() {
-        let Precheck::Verify(req) = precheck(&cfg(), Some("tok+en/="), Some("1.2.3.4"), false)
+        let Precheck::Verify(req) =
+            precheck(&cfg(), Some("tok+en/="), Some("1.2.3.4"), "u:a", false)
         else {
             panic!("expected a siteverify call")
         };
@@ -300,7 +309,10 @@ mod tests {
         assert!(!is_remembered(&s, "u1", now).unwrap());
         remember(&s, "u1", now, &c).unwrap();
         assert!(is_remembered(&s, "u1", now.plus_ms(60_000)).unwrap());
-        assert_eq!(precheck(&c, Some("same-token"), None, true), Precheck::Pass);
+        assert_eq!(
+            precheck(&c, Some("same-token"), None, "u:u1", true),
+            Precheck::Pass
+        );
         assert!(
             !is_remembered(&s, "u1", now.plus_ms(1_800_001)).unwrap(),
             "pass expires"

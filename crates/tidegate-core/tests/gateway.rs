@@ -240,3 +240,46 @@ fn oversized_and_malformed_bodies_are_clear_errors() {
         .unwrap_err();
     assert_eq!((r.problem.status, r.problem.code), (400, "bad_request"));
 }
+
+#[test]
+fn regression_the_origin_sees_the_limited_identity_not_the_body_user() {
+    // Found by testing: a client limited as "bob" could ask Dify as "victim".
+    let g = gw("");
+    let s = MemoryStore::new();
+    let b =
+        br#"{"query":"explain recursion","user":"victim","response_mode":"blocking","inputs":{}}"#;
+    let f = RequestFacts {
+        path: "/v1/chat-messages",
+        ..facts(b, "bob", None, T0)
+    };
+    let a = g.admit(&s, &f).unwrap();
+    let Plan::Forward(fw) = g.plan(&s, &a, None, None, &Challenge::Passed, T0) else {
+        panic!("expected a forward")
+    };
+    let sent: serde_json::Value = serde_json::from_slice(&fw.body).unwrap();
+    assert_eq!(sent["user"], "bob");
+}
+
+#[test]
+fn an_undelivered_handoff_gives_the_conversation_back() {
+    let g = gw("");
+    let s = MemoryStore::new();
+    let b = body("where is my certificate", false);
+    let a = g.admit(&s, &facts(&b, "u1", Some("88"), T0)).unwrap();
+    let Plan::Forward(f) = g.plan(&s, &a, None, None, &Challenge::Passed, T0) else {
+        panic!("expected a forward")
+    };
+    let Plan::Answer(ans) = g.origin_failed(&s, &a, &f, Some(502), None, T0) else {
+        panic!("expected the template")
+    };
+    assert_eq!(ans.conversation.as_deref(), Some("88"));
+    assert!(
+        g.admit(&s, &facts(&b, "u1", Some("88"), T0)).is_err(),
+        "silent while handed off"
+    );
+    tidegate_core::handoff::release(&s, "88").unwrap();
+    assert!(
+        g.admit(&s, &facts(&b, "u1", Some("88"), T0)).is_ok(),
+        "back with the bot"
+    );
+}

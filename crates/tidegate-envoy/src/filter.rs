@@ -645,37 +645,38 @@ impl Http {
         let remembered = turnstile::is_remembered(&store, &subject, now).unwrap_or(false);
         let ip = admitted.client.ip.to_string();
         let token = header(&t.token_header);
-        let challenge = match turnstile::precheck(t, token.as_deref(), Some(&ip), remembered) {
-            turnstile::Precheck::Pass => Challenge::Passed,
-            turnstile::Precheck::Fail(codes) => Challenge::Failed(codes),
-            turnstile::Precheck::Verify(req) => {
-                let Some((authority, path)) = settings::split_url(&req.url) else {
-                    return self.plan(f, admitted, self.judged(f, None, &subject, now), true);
-                };
-                let sent = hostcalls::dispatch_http_call(
-                    &f.cfg.envoy.turnstile_cluster,
-                    vec![
-                        (":method", "POST"),
-                        (":path", &path),
-                        (":authority", &authority),
-                        ("content-type", turnstile::SiteverifyRequest::CONTENT_TYPE),
-                    ],
-                    Some(req.body.as_bytes()),
-                    vec![],
-                    Duration::from_millis(f.cfg.envoy.call_timeout_ms),
-                );
-                match sent {
-                    Ok(token) => {
-                        self.verifying = Some((token, admitted));
-                        return Action::Pause;
-                    }
-                    Err(s) => {
-                        warn!("tidegate: siteverify call could not start: {s:?}");
-                        self.judged(f, None, &subject, now)
+        let challenge =
+            match turnstile::precheck(t, token.as_deref(), Some(&ip), &subject, remembered) {
+                turnstile::Precheck::Pass => Challenge::Passed,
+                turnstile::Precheck::Fail(codes) => Challenge::Failed(codes),
+                turnstile::Precheck::Verify(req) => {
+                    let Some((authority, path)) = settings::split_url(&req.url) else {
+                        return self.plan(f, admitted, self.judged(f, None, &subject, now), true);
+                    };
+                    let sent = hostcalls::dispatch_http_call(
+                        &f.cfg.envoy.turnstile_cluster,
+                        vec![
+                            (":method", "POST"),
+                            (":path", &path),
+                            (":authority", &authority),
+                            ("content-type", turnstile::SiteverifyRequest::CONTENT_TYPE),
+                        ],
+                        Some(req.body.as_bytes()),
+                        vec![],
+                        Duration::from_millis(f.cfg.envoy.call_timeout_ms),
+                    );
+                    match sent {
+                        Ok(token) => {
+                            self.verifying = Some((token, admitted));
+                            return Action::Pause;
+                        }
+                        Err(s) => {
+                            warn!("tidegate: siteverify call could not start: {s:?}");
+                            self.judged(f, None, &subject, now)
+                        }
                     }
                 }
-            }
-        };
+            };
         self.plan(f, admitted, challenge, true)
     }
 

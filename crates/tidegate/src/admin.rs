@@ -182,6 +182,27 @@ async fn budget_status(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// `PUT /admin/budget` with a number: sets this month's spend (0 resets the budget).
+async fn set_budget(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let Some(spent) = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    else {
+        return admin_problem(
+            422,
+            "Invalid spend",
+            "send the tokens spent this month as a number",
+        );
+    };
+    match budget::set_spent(&app.store, now(), spent) {
+        Ok(()) => {
+            tracing::warn!(spent, "budget spend set by an operator");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_problem(500, "Store error", e.to_string()),
+    }
+}
+
 /// The admin routes, behind the bearer token.
 pub fn router(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
@@ -192,6 +213,6 @@ pub fn router(app: Arc<App>) -> Router<Arc<App>> {
         )
         .route("/kb", put(put_kb))
         .route("/faq/top", get(faq_top))
-        .route("/budget", get(budget_status))
+        .route("/budget", get(budget_status).put(set_budget))
         .route_layer(middleware::from_fn_with_state(app, auth))
 }

@@ -85,7 +85,8 @@ pub fn run(cmd: KbCommand) -> Result<()> {
             let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
             println!("{:>8}  entry", "hits");
             for r in rows {
-                println!("{:>8}  {}", r["hits"], r["id"].as_str().unwrap_or("?"));
+                let hits = r["hits"].as_u64().unwrap_or(0);
+                println!("{hits:>8}  {}", r["id"].as_str().unwrap_or("?"));
             }
             Ok(())
         }

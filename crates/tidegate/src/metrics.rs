@@ -21,6 +21,8 @@ pub struct Metrics {
     pub handoffs: AtomicU64,
     /// Alerts posted.
     pub alerts: AtomicU64,
+    /// Outbound calls (handoff, alert) abandoned after their retries.
+    pub call_failures: AtomicU64,
     /// Current tier level (0..=3).
     pub tier: AtomicU64,
     /// Recommended tier level (0..=3).

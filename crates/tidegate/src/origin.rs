@@ -34,7 +34,7 @@ const HOP: [&str; 9] = [
 pub fn answer(app: &Arc<App>, a: Answer) -> Response {
     app.metrics.decision(a.reason);
     if let Some(call) = a.handoff.clone() {
-        app.send_call(call, "handoff");
+        app.send_call(call, "handoff", a.conversation.clone());
     }
     let mut resp = (StatusCode::OK, a.reply.body).into_response();
     resp.headers_mut().insert(
@@ -358,7 +358,7 @@ fn relay_stream(
         }
         let s = app.gw.settle(&app.store, &admitted, &f, &outcome, now());
         if let Some(call) = s.handoff {
-            app.send_call(call, "handoff");
+            app.send_call(call, "handoff", s.conversation);
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -4,6 +4,7 @@
 //! embedded KV store, call siteverify, the origin, Chatwoot and the alert webhook, and map the
 //! core's decisions to HTTP. Every policy decision is made in `tidegate_core`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -148,7 +149,14 @@ impl App {
     }
 
     /// Makes an outbound call the core asked for (handoff, alert), retrying transient failures.
-    pub fn send_call(self: &Arc<Self>, call: HttpCall, what: &'static str) {
+    /// A handoff that cannot be delivered gives the conversation back to the bot (`release`),
+    /// so the customer is not left with neither a bot nor a human.
+    pub fn send_call(
+        self: &Arc<Self>,
+        call: HttpCall,
+        what: &'static str,
+        release: Option<String>,
+    ) {
         let app = self.clone();
         tokio::spawn(async move {
             for attempt in 1..=3u32 {
@@ -173,14 +181,23 @@ impl App {
                     }
                     Ok(r) if r.status().is_client_error() => {
                         warn!(what, status = %r.status(), url = %call.url, "outbound call refused");
-                        return;
+                        break;
                     }
                     Ok(r) => warn!(what, attempt, status = %r.status(), "outbound call failed"),
                     Err(e) => warn!(what, attempt, error = %e, "outbound call failed"),
                 }
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
-            tracing::error!(what, url = %call.url, "outbound call abandoned after 3 attempts");
+            app.metrics
+                .call_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(conv) = release {
+                let _ = tidegate_core::handoff::release(&app.store, &conv);
+                tracing::error!(what, url = %call.url, conversation = %conv,
+                    "handoff not delivered; the conversation is back with the bot");
+            } else {
+                tracing::error!(what, url = %call.url, "outbound call abandoned");
+            }
         });
     }
 
@@ -197,7 +214,8 @@ impl App {
         let subject = admitted.client.subject();
         let remembered = turnstile::is_remembered(&self.store, &subject, now).unwrap_or(false);
         let ip = admitted.client.ip.to_string();
-        match turnstile::precheck(t, header(headers, &t.token_header), Some(&ip), remembered) {
+        let token = header(headers, &t.token_header);
+        match turnstile::precheck(t, token.as_deref(), Some(&ip), &subject, remembered) {
             turnstile::Precheck::Pass => Challenge::Passed,
             turnstile::Precheck::Fail(codes) => Challenge::Failed(codes),
             turnstile::Precheck::Verify(req) => {
@@ -231,9 +249,37 @@ impl App {
     }
 }
 
-/// A header's value as text (lossy for non-UTF-8 bytes, which a forged header may carry).
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
+/// A header's value as text. Several lines of the same header are joined with `, ` (as HTTP
+/// allows), so a forged first line cannot hide a proxy's appended one. UTF-8 values are kept as
+/// they are; other bytes are percent-encoded, so distinct raw values stay distinct.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut out = text_of(first.as_bytes());
+    for more in values {
+        let o = out.to_mut();
+        o.push_str(", ");
+        o.push_str(&text_of(more.as_bytes()));
+    }
+    Some(out)
+}
+
+fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(
+            bytes
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_graphic() && b != b'%' || b == b' ' {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// The reason named by a problem's code.
@@ -281,8 +327,23 @@ pub fn problem(p: Problem) -> Response {
     )
 }
 
+/// How long a client may take to send its request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Response> {
-    match axum::body::to_bytes(body, max).await {
+    let Ok(read) = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, max)).await
+    else {
+        return Err(problem(Problem::new(
+            Reason::BadRequest,
+            408,
+            "Request timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )));
+    };
+    match read {
         Ok(b) => Ok(b),
         Err(e) => {
             let too_large = std::error::Error::source(&e)
@@ -318,24 +379,28 @@ async fn chat(
             return resp;
         }
     };
+    let forwarded_for = header(&headers, "x-forwarded-for");
+    let user = header(&headers, &cfg.client.user_header);
+    let conversation = header(&headers, &cfg.client.conversation_header);
     let facts = RequestFacts {
         path: uri.path(),
         peer: peer.ip(),
-        forwarded_for: header(&headers, "x-forwarded-for"),
-        user: header(&headers, &cfg.client.user_header),
-        conversation: header(&headers, &cfg.client.conversation_header),
+        forwarded_for: forwarded_for.as_deref(),
+        user: user.as_deref(),
+        conversation: conversation.as_deref(),
         body: &bytes,
         now,
     };
+    let flags = app.flags();
+    let tier = app.gw.tier(flags.tier.as_deref());
     let admitted = match app.gw.admit(&app.store, &facts) {
         Ok(a) => a,
         Err(r) => {
             app.metrics.decision(reason_of(&r.problem));
-            return refusal(&r, None);
+            return refusal(&r, Some(tier));
         }
     };
     let challenge = app.challenge(&admitted, &headers, now).await;
-    let flags = app.flags();
     let plan = app.gw.plan(
         &app.store,
         &admitted,
@@ -344,7 +409,6 @@ async fn chat(
         &challenge,
         now,
     );
-    let tier = app.gw.tier(flags.tier.as_deref());
     match plan {
         Plan::Answer(a) => crate::origin::answer(&app, a),
         Plan::Refuse(r) => {
@@ -381,6 +445,21 @@ async fn business_api(
     crate::origin::proxy_api(&app, outcome, uri, method, headers, body).await
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
+    let mut r = problem(Problem::new(
+        Reason::BadRequest,
+        405,
+        "Method not allowed",
+        format!(
+            "{method} is not allowed on {}; chat endpoints take POST",
+            uri.path()
+        ),
+    ));
+    r.headers_mut()
+        .insert("allow", HeaderValue::from_static("POST"));
+    r
+}
+
 async fn healthz(State(app): State<Arc<App>>) -> Response {
     let f = app.flags();
     axum::Json(serde_json::json!({
@@ -410,7 +489,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .nest("/admin", crate::admin::router(app.clone()))
         .fallback(business_api)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(text.as_bytes())
 }
 
 fn random_token() -> String {
@@ -447,7 +537,7 @@ pub async fn build_app(mut cfg: Config, data_dir: &Path, demo: bool) -> anyhow::
             _ => {
                 let t = random_token();
                 std::fs::create_dir_all(data_dir)?;
-                std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+                write_private(&path, &t).with_context(|| format!("writing {}", path.display()))?;
                 t
             }
         };
@@ -541,7 +631,7 @@ fn spawn_tier_watch(app: Arc<App>) {
                     headers: vec![("content-type".into(), "application/json".into())],
                     body: rec.alert_json(active, cfg.auto_activate),
                 };
-                app.send_call(call, "alert");
+                app.send_call(call, "alert", None);
             }
         }
     });
@@ -605,4 +695,44 @@ pub async fn serve(
     })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_distinct_raw_header_values_stay_distinct() {
+        // Found by testing: every non-ASCII value became U+FFFD, so all such users shared one
+        // limit, one challenge pass and one handoff state.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-user-id",
+            HeaderValue::from_bytes("张三".as_bytes()).unwrap(),
+        );
+        h.insert(
+            "x-other",
+            HeaderValue::from_bytes("李四".as_bytes()).unwrap(),
+        );
+        h.insert("x-bad", HeaderValue::from_bytes(b"abc\xff").unwrap());
+        h.insert("x-bad2", HeaderValue::from_bytes(b"abc\xfe").unwrap());
+        assert_eq!(header(&h, "x-user-id").as_deref(), Some("张三"));
+        assert_eq!(header(&h, "x-other").as_deref(), Some("李四"));
+        assert_eq!(header(&h, "x-bad").as_deref(), Some("abc%FF"));
+        assert_ne!(header(&h, "x-bad"), header(&h, "x-bad2"));
+        assert_eq!(header(&h, "x-missing"), None);
+    }
+
+    #[test]
+    fn regression_every_forwarded_for_line_is_read() {
+        // Found by testing: only the first X-Forwarded-For line was read, so a forged first
+        // line hid the hop a proxy appended as a second line.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("7.7.7.7"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.50"));
+        assert_eq!(
+            header(&h, "x-forwarded-for").as_deref(),
+            Some("7.7.7.7, 10.0.0.50")
+        );
+    }
 }
