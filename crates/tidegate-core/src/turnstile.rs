@@ -254,19 +254,33 @@ mod tests {
             .body
             .starts_with("secret=s3cret&response=tok%2Ben%2F%3D&idempotency_key="));
         assert!(req.body.ends_with("&remoteip=1.2.3.4"));
-        assert_eq!(idempotency_key("a"), idempotency_key("a"));
-        assert_ne!(idempotency_key("a"), idempotency_key("b"));
-        assert_eq!(idempotency_key("a").len(), 36);
+        assert_eq!(idempotency_key("a", "u:1"), idempotency_key("a", "u:1"));
+        assert_ne!(idempotency_key("a", "u:1"), idempotency_key("b", "u:1"));
+        assert_eq!(idempotency_key("a", "u:1").len(), 36);
         assert_eq!(
-            precheck(&cfg(), None, None, false),
+            precheck(&cfg(), None, None, "u:a", false),
             Precheck::Fail(vec!["missing-input-response".into()])
         );
         let long = "x".repeat(MAX_TOKEN_LEN + 1);
         assert!(matches!(
-            precheck(&cfg(), Some(&long), None, false),
+            precheck(&cfg(), Some(&long), None, "u:a", false),
             Precheck::Fail(_)
         ));
-        assert_eq!(precheck(&cfg(), None, None, true), Precheck::Pass);
+        assert_eq!(precheck(&cfg(), None, None, "u:a", true), Precheck::Pass);
+    }
+
+    #[test]
+    fn regression_one_token_is_not_a_pass_for_every_user() {
+        // Found by testing: with a key derived from the token alone, siteverify replayed one
+        // human's success for any number of other users presenting that token.
+        assert_ne!(
+            idempotency_key("tok", "u:human"),
+            idempotency_key("tok", "u:bot")
+        );
+        assert_ne!(
+            idempotency_key("tok", "ip:1.2.3.4"),
+            idempotency_key("tok", "ip:1.2.3.5")
+        );
     }
 
     #[test]

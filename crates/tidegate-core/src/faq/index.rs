@@ -10,9 +10,9 @@
 //! nothing, and a phrasing shared by two entries (after normalisation). A phrasing repeated
 //! within one entry is kept once.
 //!
-//! # Artefact format (version 1, integers are LEB128 varints unless noted)
+//! # Artefact format (version 2, integers are LEB128 varints unless noted)
 //! ```text
-//! "TGKB" | format: u8 = 1 | content hash: u64 LE (FNV-1a 64 of everything after it)
+//! "TGKB" | format: u8 = 2 | content hash: u64 LE (FNV-1a 64 of everything after it)
 //! entries: n, then per entry: id, answer, locale ("" = any), n tags + tags, n phrasings
 //! vocabulary: n, then n term hashes as u64 LE, ascending
 //! phrasings (in entry order): negated: u8, flip bits, n terms, then n times
@@ -22,16 +22,17 @@
 //! The artefact stores term hashes and counts, not phrasing text: loading derives weights and
 //! posting lists in one pass without tokenising anything. The version is the content hash in
 //! hex, so any change to the knowledge base (or to how it is tokenised) yields a new version.
+//! Format 1 (character 3- to 5-grams) is refused with a message asking for a rebuild: its term
+//! hashes would not match the terms of today's queries.
 
 use super::normalize::normalize;
 use super::tokenize::{markers, terms, Fnv, Kind, Markers};
 use serde::Deserialize;
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 const MAGIC: &[u8; 4] = b"TGKB";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const HEADER_LEN: usize = 4 + 1 + 8;
 /// Longest accepted id, answer and phrasing, in bytes.
 const MAX_ID: usize = 200;
@@ -344,24 +345,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Identity hasher for maps keyed by term hashes (already well mixed).
-#[derive(Default, Clone, Copy, Debug)]
-pub(crate) struct TermHasher(u64);
-
-impl Hasher for TermHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// One loaded entry.
 #[derive(Clone, Debug)]
 pub(crate) struct EntryData {
@@ -372,52 +355,50 @@ pub(crate) struct EntryData {
     pub tags: Vec<String>,
     /// Phrasings `phrasings.0 .. phrasings.1` in [`Index::phrasing_markers`].
     pub phrasings: (u32, u32),
+    /// One over the length of the sum of its phrasings' unit vectors: the cosine with the
+    /// entry's centroid is the sum of the phrasing cosines times this.
+    pub centroid_scale: f32,
     /// Union of the markers of all its phrasings.
     pub markers: Markers,
 }
 
-/// A sparse matrix in compressed rows: row `r` is `cols[offs[r]..offs[r + 1]]`.
+/// A sparse matrix in compressed rows: row `r` is `items[offs[r]..offs[r + 1]]`, each item a
+/// (column, value) pair, so one posting is one eight-byte read.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Postings {
     pub offs: Vec<u32>,
-    pub cols: Vec<u32>,
-    pub vals: Vec<f32>,
+    pub items: Vec<(u32, f32)>,
 }
 
 impl Postings {
-    /// Builds term-major postings from row-major `(row, term, weight)` triples.
+    /// Builds term-major postings from row-major `(term, weight)` rows.
     fn from_rows(n_terms: usize, rows: &[Vec<(u32, f32)>]) -> Self {
-        let mut counts = vec![0u32; n_terms + 1];
+        let mut offs = vec![0u32; n_terms + 1];
         for row in rows {
             for (t, _) in row {
-                counts[*t as usize + 1] += 1;
+                offs[*t as usize + 1] += 1;
             }
         }
-        for i in 1..counts.len() {
-            counts[i] += counts[i - 1];
+        for i in 1..offs.len() {
+            offs[i] += offs[i - 1];
         }
-        let total = counts[n_terms] as usize;
-        let mut cols = vec![0u32; total];
-        let mut vals = vec![0f32; total];
-        let mut fill = counts.clone();
+        let mut items = vec![(0u32, 0f32); offs[n_terms] as usize];
+        let mut fill = offs.clone();
         for (r, row) in rows.iter().enumerate() {
             for (t, w) in row {
                 let slot = &mut fill[*t as usize];
-                cols[*slot as usize] = r as u32;
-                vals[*slot as usize] = *w;
+                items[*slot as usize] = (r as u32, *w);
                 *slot += 1;
             }
         }
-        Postings {
-            offs: counts,
-            cols,
-            vals,
-        }
+        Postings { offs, items }
     }
 
-    pub(crate) fn row(&self, term: usize) -> (&[u32], &[f32]) {
-        let (a, b) = (self.offs[term] as usize, self.offs[term + 1] as usize);
-        (&self.cols[a..b], &self.vals[a..b])
+    /// The postings of `term` (empty for a term out of range).
+    pub(crate) fn row(&self, term: usize) -> &[(u32, f32)] {
+        let a = self.offs.get(term).copied().unwrap_or(0) as usize;
+        let b = self.offs.get(term + 1).copied().unwrap_or(0) as usize;
+        self.items.get(a..b).unwrap_or(&[])
     }
 }
 
@@ -426,8 +407,9 @@ impl Postings {
 pub(crate) struct Index {
     pub version: String,
     pub entries: Vec<EntryData>,
-    pub vocab: HashMap<u64, u32, BuildHasherDefault<TermHasher>>,
-    /// Inverse document frequency per term (documents are entries).
+    /// Term hashes, ascending: a term's index is its position.
+    pub vocab: Vec<u64>,
+    /// Inverse document frequency per term (documents are entries); 0 for a stop term.
     pub idf: Vec<f32>,
     /// Weight of a query term the knowledge base has never seen.
     pub idf_unknown: f32,
@@ -435,8 +417,6 @@ pub(crate) struct Index {
     pub phrasing_markers: Vec<Markers>,
     /// term -> (phrasing, weight in the phrasing's unit vector).
     pub by_phrasing: Postings,
-    /// term -> (entry, weight in the entry's unit centroid).
-    pub by_entry: Postings,
 }
 
 /// Weight of a term occurring `count` times (sublinear).
@@ -451,7 +431,7 @@ impl Index {
         }
         if bytes[4] != FORMAT {
             return Err(KbError(format!(
-                "unsupported format {} (expected {FORMAT})",
+                "unsupported format {} (expected {FORMAT}); rebuild it with `tidegate kb build`",
                 bytes[4]
             )));
         }
@@ -489,6 +469,7 @@ impl Index {
                 locale,
                 tags,
                 phrasings: (start, end),
+                centroid_scale: 0.0,
                 markers: Markers::default(),
             });
         }
@@ -545,7 +526,7 @@ impl Index {
 
     fn assemble(
         version: String,
-        entries: Vec<EntryData>,
+        mut entries: Vec<EntryData>,
         terms: Vec<u64>,
         rows: Vec<Vec<(u32, u32)>>,
         phrasing_entry: Vec<u32>,
@@ -556,12 +537,12 @@ impl Index {
         // distinctive for that entry, not common.
         let mut df = vec![0u32; n_terms];
         let mut last_entry = vec![u32::MAX; n_terms];
-        for (p, row) in rows.iter().enumerate() {
-            let e = phrasing_entry[p];
+        for (row, e) in rows.iter().zip(&phrasing_entry) {
             for (t, _) in row {
-                if last_entry[*t as usize] != e {
-                    last_entry[*t as usize] = e;
-                    df[*t as usize] += 1;
+                let t = *t as usize;
+                if last_entry[t] != *e {
+                    last_entry[t] = *e;
+                    df[t] += 1;
                 }
             }
         }
@@ -571,48 +552,52 @@ impl Index {
             .map(|d| ((n + 1.0) / (*d as f32 + 1.0)).ln() + 1.0)
             .collect();
         let idf_unknown = (n + 1.0).ln() + 1.0;
-        let kind_w: Vec<f32> = terms
+        let unit_rows: Vec<Vec<(u32, f32)>> = rows
             .iter()
-            .map(|h| Kind::of(*h).map_or(0.0, Kind::weight))
+            .map(|row| {
+                let mut v: Vec<(u32, f32)> = row
+                    .iter()
+                    .map(|(t, c)| {
+                        let kind_w = Kind::of(terms[*t as usize]).map_or(0.0, Kind::weight);
+                        (*t, kind_w * tf_weight(*c) * idf[*t as usize])
+                    })
+                    .collect();
+                normalise_vec(&mut v);
+                v
+            })
             .collect();
-        let mut unit_rows: Vec<Vec<(u32, f32)>> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut v: Vec<(u32, f32)> = row
-                .iter()
-                .map(|(t, c)| (*t, kind_w[*t as usize] * tf_weight(*c) * idf[*t as usize]))
-                .collect();
-            normalise_vec(&mut v);
-            unit_rows.push(v);
-        }
-        let mut centroids: Vec<Vec<(u32, f32)>> = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let mut sum: HashMap<u32, f32> = HashMap::new();
-            for p in entry.phrasings.0..entry.phrasings.1 {
-                for (t, w) in &unit_rows[p as usize] {
-                    *sum.entry(*t).or_insert(0.0) += *w;
+        // The centroid is the normalised sum of an entry's unit phrasing vectors, so its
+        // cosine with a query is the sum of the phrasing cosines over the length of that sum:
+        // only the length is kept, and no posting list is needed for centroids.
+        let mut dense = vec![0f32; n_terms];
+        let mut touched: Vec<u32> = Vec::new();
+        for entry in &mut entries {
+            let (a, b) = (entry.phrasings.0 as usize, entry.phrasings.1 as usize);
+            for row in &unit_rows[a..b] {
+                for (t, w) in row {
+                    let slot = &mut dense[*t as usize];
+                    if *slot == 0.0 {
+                        touched.push(*t);
+                    }
+                    *slot += *w;
                 }
             }
-            let mut v: Vec<(u32, f32)> = sum.into_iter().collect();
-            v.sort_unstable_by_key(|x| x.0);
-            normalise_vec(&mut v);
-            centroids.push(v);
-        }
-        let by_phrasing = Postings::from_rows(n_terms, &unit_rows);
-        let by_entry = Postings::from_rows(n_terms, &centroids);
-        let mut vocab = HashMap::with_capacity_and_hasher(n_terms, BuildHasherDefault::default());
-        for (i, h) in terms.iter().enumerate() {
-            vocab.insert(*h, i as u32);
+            let mut sq = 0.0f32;
+            for t in touched.drain(..) {
+                let w = std::mem::take(&mut dense[t as usize]);
+                sq += w * w;
+            }
+            entry.centroid_scale = if sq > 0.0 { 1.0 / sq.sqrt() } else { 0.0 };
         }
         Index {
             version,
             entries,
-            vocab,
+            by_phrasing: Postings::from_rows(n_terms, &unit_rows),
+            vocab: terms,
             idf,
             idf_unknown,
             phrasing_entry,
             phrasing_markers,
-            by_phrasing,
-            by_entry,
         }
     }
 }
@@ -692,6 +677,16 @@ not json
     #[test]
     fn empty_source_is_an_error() {
         assert_eq!(build_artifact("\n\n").unwrap_err()[0].line, 1);
+    }
+
+    #[test]
+    fn refuses_a_format_1_artefact_with_a_rebuild_hint() {
+        // Format 1 stored 3- to 5-gram hashes: read today it would match nothing well.
+        let mut a = build_artifact(KB).unwrap();
+        a[4] = 1;
+        let e = Index::load(&a).unwrap_err();
+        assert!(e.0.contains("unsupported format 1 (expected 2)"), "{e}");
+        assert!(e.0.contains("tidegate kb build"), "{e}");
     }
 
     #[test]
