@@ -230,8 +230,8 @@ mod tests {
             ))
         );
         assert_eq!(
-            split_url("http://127.0.0.1:47081"),
-            Some(("127.0.0.1:47081".into(), "/".into()))
+            split_url("http://127.0.0.1:27081"),
+            Some(("127.0.0.1:27081".into(), "/".into()))
         );
         assert_eq!(split_url("ftp://x/y"), None);
         assert_eq!(split_url("http:///y"), None);
