@@ -19,6 +19,7 @@ use crate::faq::KnowledgeBase;
 use crate::handoff;
 use crate::identity::{self, Cidr};
 use crate::ratelimit::{self, Outcome, Quota, Verdict};
+use crate::reply::{self, End, ReplyReport};
 use crate::request::{self, ChatRequest, Shape};
 use crate::store::{self, CounterStore, StoreError};
 use crate::tier::{self, Route, Tier};
@@ -174,6 +175,47 @@ pub struct Settlement {
 }
 
 impl Gateway {
+    /// Judges what the reply filter observed: tokens to charge (the origin's usage, else an
+    /// estimate from the prompt and the text relayed), whether the reply ended cleanly, and
+    /// whether it was the origin's own "I don't know".
+    pub fn outcome(&self, admitted: &Admitted, report: &ReplyReport) -> OriginOutcome {
+        let prompt = budget::estimate_from_chars(admitted.req.prompt_chars);
+        OriginOutcome {
+            tokens: report.tokens_to_charge(prompt),
+            complete: matches!(report.end, End::Complete),
+            dont_know: reply::is_dont_know(&report.text, &self.cfg.handoff.dont_know_phrases),
+        }
+    }
+
+    /// Stage 3 for a whole (non-streamed) reply, before anything was relayed: charges the
+    /// budget, and when the reply is unusable (cut, origin error, "I don't know") returns the
+    /// template answer with a handoff to send instead. `None`: relay the filtered reply.
+    pub fn finish_whole<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        admitted: &Admitted,
+        forward: &Forward,
+        outcome: &OriginOutcome,
+        now: UnixMs,
+    ) -> Option<Plan> {
+        if outcome.complete && !outcome.dont_know {
+            self.settle(store, admitted, forward, outcome, now);
+            return None;
+        }
+        // The tokens were spent even though the reply is not used.
+        let charged = OriginOutcome {
+            complete: true,
+            dont_know: false,
+            ..outcome.clone()
+        };
+        self.settle(store, admitted, forward, &charged, now);
+        let settled = Forward {
+            reserved: 0,
+            ..forward.clone()
+        };
+        Some(self.origin_failed(store, admitted, &settled, None, None, now))
+    }
+
     /// Compiles a validated config.
     pub fn new(cfg: Config) -> Result<Self, ConfigError> {
         cfg.validate()?;

@@ -283,3 +283,38 @@ fn an_undelivered_handoff_gives_the_conversation_back() {
         "back with the bot"
     );
 }
+
+#[test]
+fn a_whole_reply_that_is_not_an_answer_becomes_the_template_and_is_still_charged() {
+    let g = gw("[budget]\nmonthly_tokens = 1000");
+    let s = MemoryStore::new();
+    let b = body("what is the meaning of life", false);
+    let a = g.admit(&s, &facts(&b, "u1", Some("91"), T0)).unwrap();
+    let Plan::Forward(f) = g.plan(&s, &a, None, None, &Challenge::Passed, T0) else {
+        panic!("expected a forward")
+    };
+    let good = OriginOutcome {
+        tokens: 40,
+        complete: true,
+        dont_know: false,
+    };
+    assert!(
+        g.finish_whole(&s, &a, &f, &good, T0).is_none(),
+        "a real answer is relayed"
+    );
+    let Plan::Forward(f) = g.plan(&s, &a, None, None, &Challenge::Passed, T0) else {
+        panic!("expected a forward")
+    };
+    let dont_know = OriginOutcome {
+        tokens: 30,
+        complete: true,
+        dont_know: true,
+    };
+    let Some(Plan::Answer(ans)) = g.finish_whole(&s, &a, &f, &dont_know, T0) else {
+        panic!("expected the template")
+    };
+    assert_eq!(ans.reason, Reason::Handoff);
+    assert!(ans.handed_off);
+    let spent = tidegate_core::budget::status(&s, T0, 1000).unwrap().spent;
+    assert_eq!(spent, 70, "both replies charged, reservations returned");
+}

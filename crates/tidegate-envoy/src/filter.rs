@@ -25,10 +25,10 @@ use tidegate_core::gateway::{
     self, Admitted, Answer, Challenge, Forward, Gateway, OriginOutcome, Plan, Refusal, RequestFacts,
 };
 use tidegate_core::ratelimit::{Outcome, Verdict};
-use tidegate_core::reply::{self, End, ReplyFilter, Validator};
+use tidegate_core::reply::{ReplyFilter, Validator};
 use tidegate_core::request::Shape;
 use tidegate_core::tier::Tier;
-use tidegate_core::{budget, turnstile, Problem, Reason, UnixMs};
+use tidegate_core::{turnstile, Problem, Reason, UnixMs};
 
 use crate::flags::{self, FlagKeys, Flags, Pulled};
 use crate::settings::{self, FilterConfig};
@@ -763,14 +763,9 @@ impl Http {
     fn outcome(f: &Filter, filter: &ReplyFilter, admitted: &Admitted) -> OriginOutcome {
         let report = filter.report();
         Metrics::add(f.metrics.codes_replaced, u64::from(report.codes_replaced));
-        let prompt = budget::estimate_from_chars(admitted.req.prompt_chars);
-        let tokens = report.tokens_to_charge(prompt);
-        Metrics::add(f.metrics.tokens_charged, tokens);
-        OriginOutcome {
-            tokens,
-            complete: matches!(report.end, End::Complete),
-            dont_know: reply::is_dont_know(&report.text, &f.cfg.core.handoff.dont_know_phrases),
-        }
+        let outcome = f.gw.outcome(admitted, report);
+        Metrics::add(f.metrics.tokens_charged, outcome.tokens);
+        outcome
     }
 
     /// Replaces the origin's response headers by `r`'s; its body goes out at the end.
@@ -1045,27 +1040,16 @@ impl HttpContext for Http {
         let outcome = Self::outcome(&f, filter, &relay.admitted);
         let store = f.store(now);
         relay.settled = true;
-        if !outcome.complete || outcome.dont_know {
+        if let Some(plan) =
+            f.gw.finish_whole(&store, &relay.admitted, &relay.forward, &outcome, now)
+        {
             // Nothing was relayed yet: answer with the template and hand over instead.
             Metrics::add(f.metrics.origin_failures, 1);
-            let charged = OriginOutcome {
-                complete: true,
-                dont_know: false,
-                ..outcome
-            };
-            f.gw.settle(&store, &relay.admitted, &relay.forward, &charged, now);
-            let fw = Forward {
-                reserved: 0,
-                ..relay.forward.clone()
-            };
-            let plan =
-                f.gw.origin_failed(&store, &relay.admitted, &fw, None, None, now);
             let r = Self::plan_reply(&f, plan);
             Self::replace_headers(&r, r.body.len());
             let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &r.body);
             return Action::Continue;
         }
-        f.gw.settle(&store, &relay.admitted, &relay.forward, &outcome, now);
         f.metrics.decision(Reason::Forwarded);
         let set = |k: &str, v: &str| {
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, k, Some(v));

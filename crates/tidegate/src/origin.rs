@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tidegate_core::gateway::{self, Admitted, Answer, Forward, OriginOutcome, Plan};
 use tidegate_core::ratelimit::{Outcome, Verdict};
-use tidegate_core::reply::{self, End, ReplyFilter};
+use tidegate_core::reply::ReplyFilter;
 use tidegate_core::{Problem, Reason};
 use tracing::{debug, warn};
 
@@ -221,25 +221,17 @@ pub async fn forward(
     }
 }
 
-fn outcome_of(app: &App, filter: &ReplyFilter, prompt_estimate: u64) -> OriginOutcome {
+fn outcome_of(app: &App, filter: &ReplyFilter, admitted: &Admitted) -> OriginOutcome {
     let report = filter.report();
     app.metrics.codes_replaced.fetch_add(
         u64::from(report.codes_replaced),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let tokens = report.tokens_to_charge(prompt_estimate);
+    let outcome = app.gw.outcome(admitted, report);
     app.metrics
         .tokens_charged
-        .fetch_add(tokens, std::sync::atomic::Ordering::Relaxed);
-    OriginOutcome {
-        tokens,
-        complete: matches!(report.end, End::Complete),
-        dont_know: reply::is_dont_know(&report.text, &app.gw.config().handoff.dont_know_phrases),
-    }
-}
-
-fn prompt_estimate(admitted: &Admitted) -> u64 {
-    tidegate_core::budget::estimate_from_chars(admitted.req.prompt_chars)
+        .fetch_add(outcome.tokens, std::sync::atomic::Ordering::Relaxed);
+    outcome
 }
 
 async fn relay_whole(
@@ -272,29 +264,17 @@ async fn relay_whole(
         ok = false;
     }
     out.extend_from_slice(&filter.finish(ok));
-    let outcome = outcome_of(app, &filter, prompt_estimate(&admitted));
-    if !outcome.complete || outcome.dont_know {
-        // Nothing usable was relayed yet: answer with the template and hand over instead.
+    let outcome = outcome_of(app, &filter, &admitted);
+    if let Some(plan) = app
+        .gw
+        .finish_whole(&app.store, &admitted, &f, &outcome, now())
+    {
+        // Nothing usable was relayed yet: the template and a handoff go out instead.
         app.metrics
             .origin_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let charged = OriginOutcome {
-            complete: true,
-            dont_know: false,
-            ..outcome
-        };
-        app.gw.settle(&app.store, &admitted, &f, &charged, now());
-        let plan = app.gw.origin_failed(
-            &app.store,
-            &admitted,
-            &Forward { reserved: 0, ..f },
-            None,
-            None,
-            now(),
-        );
         return plan_response(app, plan);
     }
-    app.gw.settle(&app.store, &admitted, &f, &outcome, now());
     app.metrics.decision(Reason::Forwarded);
     // The body may have changed length: the response carries the new Content-Length.
     let mut resp = (StatusCode::OK, out).into_response();
@@ -350,7 +330,7 @@ fn relay_stream(
         if !client_gone && !tail.is_empty() {
             let _ = tx.send(Ok(Bytes::from(tail))).await;
         }
-        let outcome = outcome_of(&app, &filter, prompt_estimate(&admitted));
+        let outcome = outcome_of(&app, &filter, &admitted);
         if !outcome.complete {
             app.metrics
                 .origin_failures
