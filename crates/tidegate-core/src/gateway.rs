@@ -634,6 +634,14 @@ impl Gateway {
     }
 }
 
+/// True when a counter cell written by the gateway's limits can be forgotten: a GCRA arrival
+/// time in the past is the same state as no cell. Hosts with a memory store sweep with it;
+/// budget, challenge-pass, handoff and hit-count cells are never idle.
+pub fn is_idle_cell(key: &str, value: u64, now: UnixMs) -> bool {
+    let is_limit = ["ip:", "user:", "api:"].iter().any(|p| key.starts_with(p)) || key == "origin";
+    is_limit && value <= now.as_nanos()
+}
+
 fn open_outcome(q: &Quota) -> Outcome {
     Outcome {
         quota: q.clone(),

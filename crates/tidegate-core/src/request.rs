@@ -4,6 +4,20 @@ use serde_json::Value;
 
 use crate::decision::Problem;
 
+/// Request headers a host never copies from the client to the origin: hop-by-hop headers,
+/// and the framing headers the host sets itself.
+pub const HOP_BY_HOP_HEADERS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
 /// The API shape of a request and of the origin's reply.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Shape {

@@ -318,3 +318,22 @@ fn a_whole_reply_that_is_not_an_answer_becomes_the_template_and_is_still_charged
     let spent = tidegate_core::budget::status(&s, T0, 1000).unwrap().spent;
     assert_eq!(spent, 70, "both replies charged, reservations returned");
 }
+
+#[test]
+fn only_limit_cells_in_the_past_are_idle() {
+    use tidegate_core::gateway::is_idle_cell;
+    let now = T0;
+    let past = now.as_nanos() - 1;
+    let future = now.as_nanos() + 1;
+    assert!(is_idle_cell("user:bob", past, now));
+    assert!(is_idle_cell("origin", past, now));
+    assert!(!is_idle_cell("ip:1.2.3.4", future, now));
+    for key in [
+        "budget:2026-12",
+        "challenge:u:bob",
+        "handoff:42",
+        "faqhits:refund",
+    ] {
+        assert!(!is_idle_cell(key, 0, now), "{key} must be kept");
+    }
+}

@@ -20,9 +20,9 @@ use tidegate_core::gateway::{
     self, Admitted, Answer, Challenge, Forward, Gateway, OriginOutcome, Plan, Refusal, RequestFacts,
 };
 use tidegate_core::ratelimit::{Outcome, Verdict};
-use tidegate_core::reply::{self, CodeSet, End, ReplyFilter, Validator};
+use tidegate_core::reply::{CodeSet, ReplyFilter, Validator};
 use tidegate_core::tier::Tier;
-use tidegate_core::{budget, turnstile, Problem, Reason, UnixMs};
+use tidegate_core::{turnstile, Problem, Reason, UnixMs};
 use worker::{
     console_error, console_warn, event, AbortController, Context, Date, Delay, Env, Fetch, Headers,
     Method, Request, RequestInit, Response,
@@ -507,22 +507,10 @@ fn plan_response(ctx: &Context, plan: Plan) -> Response {
     }
 }
 
-const HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-    "content-length",
-];
-
 fn origin_headers(from: &Request, api_key: &str) -> worker::Result<Headers> {
     let h = Headers::new();
     for (k, v) in from.headers().entries() {
-        if HOP.contains(&k.as_str())
+        if tidegate_core::request::HOP_BY_HOP_HEADERS.contains(&k.as_str())
             || k == "content-type"
             || k.starts_with("cf-")
             || k.starts_with("cf-turnstile")
@@ -539,13 +527,7 @@ fn origin_headers(from: &Request, api_key: &str) -> worker::Result<Headers> {
 }
 
 fn outcome_of(iso: &Isolate, filter: &ReplyFilter, admitted: &Admitted) -> OriginOutcome {
-    let report = filter.report();
-    let estimate = budget::estimate_from_chars(admitted.req.prompt_chars);
-    OriginOutcome {
-        tokens: report.tokens_to_charge(estimate),
-        complete: matches!(report.end, End::Complete),
-        dont_know: reply::is_dont_know(&report.text, &iso.gw.config().handoff.dont_know_phrases),
-    }
+    iso.gw.outcome(admitted, filter.report())
 }
 
 async fn forward(
@@ -784,31 +766,13 @@ async fn relay_whole(
     }
     out.extend_from_slice(&filter.finish(ok));
     let outcome = outcome_of(iso, &filter, &admitted);
-    if !outcome.complete || outcome.dont_know {
-        let charged = OriginOutcome {
-            complete: true,
-            dont_know: false,
-            ..outcome
-        };
-        replay::run(remote, |s, now| {
-            iso.gw.settle(s, &admitted, &f, &charged, now)
-        })
-        .await;
-        let released = Forward {
-            reserved: 0,
-            ..f.clone()
-        };
-        let plan = replay::run(remote, |s, now| {
-            iso.gw
-                .origin_failed(s, &admitted, &released, None, None, now)
-        })
-        .await;
-        return plan_response(ctx, plan);
-    }
-    replay::run(remote, |s, now| {
-        iso.gw.settle(s, &admitted, &f, &outcome, now)
+    let unusable = replay::run(remote, |s, now| {
+        iso.gw.finish_whole(s, &admitted, &f, &outcome, now)
     })
     .await;
+    if let Some(plan) = unusable {
+        return plan_response(ctx, plan);
+    }
     let ct = content_type.unwrap_or_else(|| "application/json".into());
     with_headers(body_response(200, &ct, out), decision)
 }

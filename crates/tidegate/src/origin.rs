@@ -17,19 +17,6 @@ use tracing::{debug, warn};
 
 use crate::server::{decorate, now, problem, refusal, App, Flags};
 
-/// Headers never copied between client and origin.
-const HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-    "content-length",
-];
-
 /// Sends an answer the gateway wrote itself.
 pub fn answer(app: &Arc<App>, a: Answer) -> Response {
     app.metrics.decision(a.reason);
@@ -75,7 +62,10 @@ fn copy_request_headers(
 ) -> reqwest::RequestBuilder {
     for (k, v) in headers {
         let name = k.as_str();
-        if HOP.contains(&name) || name == "content-type" || name.starts_with("cf-turnstile") {
+        if tidegate_core::request::HOP_BY_HOP_HEADERS.contains(&name)
+            || name == "content-type"
+            || name.starts_with("cf-turnstile")
+        {
             continue;
         }
         rb = rb.header(name, v.as_bytes());

@@ -678,11 +678,10 @@ pub async fn serve(
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let now_ns = now().as_nanos();
-            store_app.store.retain(|k, v| {
-                !(k.starts_with("ip:") || k.starts_with("user:") || k.starts_with("api:"))
-                    || v > now_ns
-            });
+            let now = now();
+            store_app
+                .store
+                .retain(|k, v| !gateway::is_idle_cell(k, v, now));
         }
     });
     axum::serve(
