@@ -5,7 +5,9 @@
 //! are users and IPs; only the global origin cap and the budget are one object each, as they
 //! must be to stay exact. An object keeps its cell in memory and in its storage, and answers
 //! two requests, `/load` and `/cas` ([`crate::wire`]). The runtime delivers no other event to
-//! an object while it reads its storage, so a compare-and-swap is one atomic step.
+//! an object while it reads its storage, so a compare-and-swap is one atomic step. Between
+//! requests an object's alarm sweeps a drained limit cell, and the `origin` object's alarm
+//! runs the tier watch ([`crate::watch`]).
 
 use std::cell::{Cell as StdCell, RefCell};
 use std::collections::HashMap;
@@ -13,30 +15,48 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use tidegate_core::decision::HttpCall;
 use tidegate_core::store::{StoreError, Version};
+use tidegate_core::tier::{Recommendation, Tier, TierConfig};
 use tidegate_core::UnixMs;
 use worker::{
-    durable_object, Date, Delay, DurableObject, Env, Method, ObjectNamespace, Request, RequestInit,
-    Response, State,
+    console_error, console_warn, durable_object, Date, Delay, DurableObject, Env, Method,
+    ObjectNamespace, Request, RequestInit, Response, State,
 };
 
+use crate::edge::{deliver, env_text, FLAGS_BINDING};
 use crate::replay::{self, CasResult, Cell};
-use crate::wire;
+use crate::watch::{self, Sweep, TierWatch};
+use crate::{settings, wire};
 
 /// Durable Object binding of the counters.
 pub const COUNTERS_BINDING: &str = "COUNTERS";
 const STORAGE_KEY: &str = "cell";
+/// Where an object keeps the counter key it holds (its alarm needs it).
+const NAME_KEY: &str = "key";
 
 /// The counter object (class name `Counter` in `wrangler.toml`).
 #[durable_object]
 pub struct Counter {
     state: State,
+    env: Env,
     cell: RefCell<Option<Cell>>,
+    /// The counter key, once a write or the storage told it.
+    key: RefCell<Option<String>>,
+    /// When the alarm this object set will fire (ms), while one is pending.
+    alarm_at: StdCell<Option<u64>>,
+    /// Origin QPS and tier recommendation (the `origin` object only).
+    watch: RefCell<TierWatch>,
+    /// `[tiers]` of the config, read on the first tick.
+    tiers: RefCell<Option<TierConfig>>,
 }
 
 impl std::fmt::Debug for Counter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counter").field("cell", &self.cell).finish()
+        f.debug_struct("Counter")
+            .field("key", &self.key)
+            .field("cell", &self.cell)
+            .finish()
     }
 }
 
@@ -54,13 +74,149 @@ impl Counter {
         // Keep a cell another request cached (and maybe changed) while this one read storage.
         Ok(*self.cell.borrow_mut().get_or_insert(c))
     }
+
+    async fn cas(&self, body: &str) -> worker::Result<Response> {
+        let Some((key, expected, value)) = wire::parse_cas_request(body) else {
+            return Response::error("bad cas request", 400);
+        };
+        let current = self.current().await?;
+        let now = now();
+        let (next, result) = wire::apply_cas(current, expected, value, watch::first_version(now));
+        if let CasResult::Written(_) = result {
+            *self.cell.borrow_mut() = Some(next);
+            let storage = self.state.storage();
+            let mut stored = storage.put(STORAGE_KEY, wire::cell(next)).await;
+            if stored.is_ok() && self.key.borrow().is_none() {
+                stored = storage.put(NAME_KEY, key.clone()).await;
+                if stored.is_ok() {
+                    *self.key.borrow_mut() = Some(key.clone());
+                }
+            }
+            if let Err(e) = stored {
+                // Forget the cached cell: the next request re-reads what is stored.
+                *self.cell.borrow_mut() = None;
+                return Err(e);
+            }
+            if key == watch::ORIGIN_KEY {
+                self.watch.borrow_mut().record(now);
+            }
+            if self.alarm_at.get().is_none() {
+                if let Some(at) = watch::wake_after_write(&key, value, now) {
+                    self.wake_at(at).await;
+                }
+            }
+        }
+        Response::ok(wire::cas_result(&result))
+    }
+
+    /// Sets the alarm. A failure only delays the sweep or the tier watch until the next
+    /// write, so it is logged, not returned to the request.
+    async fn wake_at(&self, at: UnixMs) {
+        // workers-rs takes an offset from now.
+        let offset = Duration::from_millis(at.0.saturating_sub(now().0));
+        match self.state.storage().set_alarm(offset).await {
+            Ok(()) => self.alarm_at.set(Some(at.0)),
+            Err(e) => console_warn!("tidegate: counter alarm not set: {e}"),
+        }
+    }
+
+    async fn name(&self) -> worker::Result<Option<String>> {
+        if let Some(k) = self.key.borrow().clone() {
+            return Ok(Some(k));
+        }
+        let stored: Option<String> = self.state.storage().get(NAME_KEY).await?;
+        if let Some(k) = &stored {
+            *self.key.borrow_mut() = Some(k.clone());
+        }
+        Ok(stored)
+    }
+
+    /// The tier watch's look at origin QPS; true while it wants to look again.
+    async fn tier_tick(&self, now: UnixMs) -> bool {
+        let cached = self.tiers.borrow().clone();
+        let cfg = match cached {
+            Some(c) => c,
+            None => match settings::load(
+                env_text(&self.env, settings::CONFIG_VAR).as_deref(),
+                |n| env_text(&self.env, n),
+                None,
+            ) {
+                Ok(s) => {
+                    *self.tiers.borrow_mut() = Some(s.config.tiers.clone());
+                    s.config.tiers
+                }
+                Err(e) => {
+                    console_error!("tidegate: config error, no tier watch: {e}");
+                    return false;
+                }
+            },
+        };
+        let tick = self.watch.borrow_mut().tick(now, &cfg);
+        if let Some(rec) = tick.recommendation {
+            self.publish(&rec, &cfg).await;
+        }
+        tick.again
+    }
+
+    /// Writes a recommendation to the `FLAGS` namespace (and the tier flag itself when
+    /// `auto_activate` is on) and posts the alert.
+    async fn publish(&self, rec: &Recommendation, cfg: &TierConfig) {
+        console_warn!(
+            "tidegate: tier recommendation {} -> {} at {:.1} origin req/s",
+            rec.from.as_str(),
+            rec.to.as_str(),
+            rec.qps
+        );
+        let kv = match self.env.kv(FLAGS_BINDING) {
+            Ok(kv) => kv,
+            Err(e) => {
+                console_error!("tidegate: no {FLAGS_BINDING} KV binding: {e}");
+                return;
+            }
+        };
+        let put = |key: String| {
+            let kv = &kv;
+            async move {
+                match kv.put(&key, rec.to.as_str()) {
+                    Ok(p) => p.execute().await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = put(cfg.recommendation_key.clone()).await {
+            console_error!("tidegate: could not store the tier recommendation: {e}");
+        }
+        let active = if cfg.auto_activate {
+            if let Err(e) = put(cfg.flag_key.clone()).await {
+                console_error!("tidegate: could not activate the recommended tier: {e}");
+            }
+            rec.to
+        } else {
+            let flag = kv.get(&cfg.flag_key).text().await.ok().flatten();
+            flag.as_deref().and_then(Tier::parse).unwrap_or_default()
+        };
+        if !cfg.alert_webhook.is_empty() {
+            let call = HttpCall {
+                method: "POST",
+                url: cfg.alert_webhook.clone(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: rec.alert_json(active, cfg.auto_activate),
+            };
+            deliver(call, "alert").await;
+        }
+    }
 }
 
 impl DurableObject for Counter {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         Counter {
             state,
+            env,
             cell: RefCell::new(None),
+            key: RefCell::new(None),
+            alarm_at: StdCell::new(None),
+            watch: RefCell::new(TierWatch::default()),
+            tiers: RefCell::new(None),
         }
     }
 
@@ -69,31 +225,42 @@ impl DurableObject for Counter {
             "/load" => Response::ok(wire::cell(self.current().await?)),
             "/cas" => {
                 let body = req.text().await?;
-                let Some((_key, expected, value)) = wire::parse_cas_request(&body) else {
-                    return Response::error("bad cas request", 400);
-                };
-                let current = self.current().await?;
-                let (next, result) = wire::apply_cas(current, expected, value);
-                if let CasResult::Written(_) = result {
-                    *self.cell.borrow_mut() = Some(next);
-                    if let Err(e) = self
-                        .state
-                        .storage()
-                        .put(STORAGE_KEY, wire::cell(next))
-                        .await
-                    {
-                        // Forget the cached cell: the next request re-reads what is stored.
-                        *self.cell.borrow_mut() = None;
-                        return Err(e);
-                    }
-                }
-                // TODO(#5): delete idle GCRA cells with an alarm once their time has passed, as
-                // the native gateway's sweep does; today an object keeps its one cell forever.
-                Response::ok(wire::cas_result(&result))
+                self.cas(&body).await
             }
             _ => Response::error("not found", 404),
         }
     }
+
+    /// Wakes up for the tier watch (origin object) or to sweep a drained limit cell.
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_at.set(None);
+        let now = now();
+        let Some(key) = self.name().await? else {
+            return Response::ok("no key");
+        };
+        if key == watch::ORIGIN_KEY && self.tier_tick(now).await {
+            self.wake_at(UnixMs(now.0.saturating_add(watch::TICK_MS)))
+                .await;
+            return Response::ok("watching");
+        }
+        match watch::sweep(&key, self.current().await?, now) {
+            Sweep::Delete => {
+                // Only the cell goes; the key stays so a later write needs no extra put.
+                self.state.storage().delete(STORAGE_KEY).await?;
+                *self.cell.borrow_mut() = Some(None);
+                Response::ok("swept")
+            }
+            Sweep::WakeAt(at) => {
+                self.wake_at(at).await;
+                Response::ok("not drained yet")
+            }
+            Sweep::Idle => Response::ok("idle"),
+        }
+    }
+}
+
+fn now() -> UnixMs {
+    UnixMs(Date::now().as_millis())
 }
 
 /// The Worker's side: [`replay::Remote`] over the counter objects.

@@ -65,7 +65,7 @@ fn now() -> UnixMs {
     UnixMs(Date::now().as_millis())
 }
 
-fn env_text(env: &Env, name: &str) -> Option<String> {
+pub(crate) fn env_text(env: &Env, name: &str) -> Option<String> {
     env.secret(name)
         .ok()
         .map(|s| s.to_string())
@@ -234,7 +234,7 @@ fn send_call(ctx: &Context, call: HttpCall, what: &'static str) {
 }
 
 /// Makes an outbound call, retrying transient failures twice.
-async fn deliver(call: HttpCall, what: &'static str) {
+pub(crate) async fn deliver(call: HttpCall, what: &'static str) {
     for attempt in 1..=3u64 {
         match post(&call).await {
             Ok(s) if (200..300).contains(&s) => return,

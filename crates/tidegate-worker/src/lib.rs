@@ -13,6 +13,7 @@
 
 pub mod replay;
 pub mod settings;
+pub mod watch;
 pub mod wire;
 
 #[cfg(target_arch = "wasm32")]

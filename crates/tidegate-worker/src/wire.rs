@@ -63,12 +63,18 @@ pub fn parse_cas_result(text: &str) -> Option<CasResult> {
     parse_cell(t.strip_prefix("lost ")?).map(CasResult::Lost)
 }
 
-/// One step of the object's cell: the compare-and-swap itself, pure.
-pub fn apply_cas(current: Cell, expected: Option<Version>, value: u64) -> (Cell, CasResult) {
+/// One step of the object's cell: the compare-and-swap itself, pure. A cell written while
+/// absent gets version `first` ([`crate::watch::first_version`]).
+pub fn apply_cas(
+    current: Cell,
+    expected: Option<Version>,
+    value: u64,
+    first: Version,
+) -> (Cell, CasResult) {
     if current.map(|(_, v)| v) != expected {
         return (current, CasResult::Lost(current));
     }
-    let next = Version(expected.map_or(1, |v| v.0.wrapping_add(1)));
+    let next = expected.map_or(first, |v| Version(v.0.wrapping_add(1)));
     (Some((value, next)), CasResult::Written(next))
 }
 
@@ -112,15 +118,15 @@ mod tests {
 
     #[test]
     fn cas_step_is_insert_if_absent_then_versioned() {
-        let (c, r) = apply_cas(None, None, 5);
+        let (c, r) = apply_cas(None, None, 5, Version(1));
         assert_eq!(r, CasResult::Written(Version(1)));
-        let (c2, r2) = apply_cas(c, None, 6);
+        let (c2, r2) = apply_cas(c, None, 6, Version(9));
         assert_eq!(
             (c2, r2),
             (c, CasResult::Lost(c)),
             "second blind insert loses"
         );
-        let (c3, _) = apply_cas(c, Some(Version(1)), 6);
+        let (c3, _) = apply_cas(c, Some(Version(1)), 6, Version(9));
         assert_eq!(c3, Some((6, Version(2))));
     }
 }
