@@ -31,6 +31,8 @@ use crate::turnstile;
 pub struct Gateway {
     cfg: Config,
     trusted: Vec<Cidr>,
+    /// `[handoff].dont_know_phrases`, normalised once.
+    dont_know: reply::DontKnow,
 }
 
 /// What the host observed about a request.
@@ -183,7 +185,7 @@ impl Gateway {
         OriginOutcome {
             tokens: report.tokens_to_charge(prompt),
             complete: matches!(report.end, End::Complete),
-            dont_know: reply::is_dont_know(&report.text, &self.cfg.handoff.dont_know_phrases),
+            dont_know: self.dont_know.matches(&report.text),
         }
     }
 
@@ -231,7 +233,12 @@ impl Gateway {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Gateway { cfg, trusted })
+        let dont_know = reply::DontKnow::new(&cfg.handoff.dont_know_phrases);
+        Ok(Gateway {
+            cfg,
+            trusted,
+            dont_know,
+        })
     }
 
     /// The config.

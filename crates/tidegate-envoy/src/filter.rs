@@ -6,8 +6,13 @@
 //!
 //! TODO(#6): the QPS-based tier recommendation and its alert (native `spawn_tier_watch`) are
 //! not computed here yet; the alert cluster is wired but unused.
-//! TODO(#6): the pass-through path costs Envoy far more than the 10% target
-//! (docs/benchmarks-envoy.md); profile the FAQ lookup and the per-request host calls.
+//! Per-request cost (docs/benchmarks-envoy.md): every host call that returns data also calls
+//! back into the VM to allocate, so the request path reads the request headers with one
+//! `get_map`, reads the flags from a copy the root context refreshes on its tick, leaves
+//! headers and bodies alone when nothing about them changes, and lets Envoy hold a small
+//! whole reply until it is validated instead of copying it into the VM chunk by chunk.
+//! TODO(#6): the pass-through path still costs more than the 10% target; see the benchmark
+//! document for what remains.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -145,7 +150,8 @@ struct Filter {
     validator: Arc<Validator>,
     keys: FlagKeys,
     metrics: Metrics,
-    flags: RefCell<Flags>,
+    /// This VM's copy of the flags, refreshed by the root context ([`Filter::refresh_flags`]).
+    flags: RefCell<Rc<Flags>>,
     tag: u16,
 }
 
@@ -154,22 +160,26 @@ impl Filter {
         SharedStore::new(&Host, now.0, self.tag)
     }
 
-    /// The flags, re-read from shared data when their generation moved.
-    fn flags(&self) -> Flags {
+    /// The flags as last refreshed: no host call, so requests pay nothing for them.
+    fn flags(&self) -> Rc<Flags> {
+        self.flags.borrow().clone()
+    }
+
+    /// Re-reads the flags from shared data when their generation moved. The root context calls
+    /// this on every tick and right after it stored a pulled change, so a request sees a change
+    /// at most one tick (50 ms) after any worker stored it.
+    fn refresh_flags(&self) {
         let generation = flags::generation(&Host);
-        {
-            let cur = self.flags.borrow();
-            if cur.generation == generation {
-                return cur.clone();
-            }
+        let last = self.flags();
+        if last.generation == generation {
+            return;
         }
-        let (next, err) = flags::load(&Host, &self.keys, generation, &self.flags.borrow());
+        let (next, err) = flags::load(&Host, &self.keys, generation, &last);
         if let Some(e) = err {
             warn!("tidegate: {e}; keeping the last knowledge base");
         }
         Metrics::set(self.metrics.tier, u64::from(next.tier_level()));
-        *self.flags.borrow_mut() = next.clone();
-        next
+        *self.flags.borrow_mut() = Rc::new(next);
     }
 
     /// Queues a handoff or alert call for the root context.
@@ -312,7 +322,10 @@ impl Context for Root {
                 warn!("tidegate: KV pull of `{key}` failed ({why}); keeping the last good value");
             }
             match flags::store(&Host, &key, &pulled) {
-                Ok(true) => info!("tidegate: flag `{key}` changed"),
+                Ok(true) => {
+                    info!("tidegate: flag `{key}` changed");
+                    f.refresh_flags();
+                }
                 Ok(false) => {}
                 Err(e) => warn!("tidegate: flag `{key}` not stored: {e}"),
             }
@@ -413,15 +426,19 @@ impl RootContext for Root {
             validator,
             keys,
             metrics: Metrics::define(),
-            flags: RefCell::new(Flags::default()),
+            flags: RefCell::new(Rc::new(Flags::default())),
             tag: vm_tag(),
         }));
+        if let Some(f) = &self.filter {
+            f.refresh_flags();
+        }
         let _ = hostcalls::set_tick_period(TICK);
         true
     }
 
     fn on_tick(&mut self) {
         let Some(f) = self.filter.clone() else { return };
+        f.refresh_flags();
         let now = now();
         let due: Vec<u32> = WAKE.with(|w| {
             let mut w = w.borrow_mut();
@@ -451,12 +468,20 @@ impl RootContext for Root {
     }
 }
 
+/// Largest whole reply left in Envoy's buffer until it ends; a bigger one is moved into the
+/// reply filter chunk by chunk, so Envoy's buffer limit never refuses it.
+const HOLD_IN_ENVOY: usize = 64 * 1024;
+
 /// A forwarded request on its way back.
 struct Relay {
     admitted: Admitted,
     forward: Forward,
+    /// The flags the request was planned with (the reply is validated with their codes).
+    flags: Rc<Flags>,
     /// The reply filter, once the origin answered 2xx.
     reply: Option<ReplyFilter>,
+    /// Part of a whole reply was moved out of Envoy's buffer into the reply filter.
+    drained: bool,
     /// A body that replaces the origin's (origin failure turned into an answer).
     replace: Option<Vec<u8>>,
     /// Response headers were seen.
@@ -465,13 +490,70 @@ struct Relay {
     settled: bool,
 }
 
+/// The request headers the filter reads, fetched with one host call.
+#[derive(Debug, Default)]
+struct ReqHeaders {
+    path: String,
+    content_length: Option<String>,
+    content_type: Option<String>,
+    user: Option<String>,
+    conversation: Option<String>,
+    forwarded_for: Option<String>,
+    token: Option<String>,
+    /// The route header is present (the client's own value is removed).
+    route: bool,
+}
+
+impl ReqHeaders {
+    /// Reads the request headers once: one host call (and one allocation callback) instead of
+    /// one of each per header. A repeated header counts with its first value, as
+    /// `get_map_value` would return it.
+    fn read(f: Option<&Filter>) -> Self {
+        let pairs = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let mut h = ReqHeaders::default();
+        let first = |slot: &mut Option<String>, v: &str| {
+            if slot.is_none() {
+                *slot = Some(v.to_owned());
+            }
+        };
+        for (k, v) in &pairs {
+            match k.as_str() {
+                ":path" => {
+                    if h.path.is_empty() {
+                        h.path = v.split('?').next().unwrap_or("").to_owned();
+                    }
+                }
+                "content-length" => first(&mut h.content_length, v),
+                "content-type" => first(&mut h.content_type, v),
+                "x-forwarded-for" => first(&mut h.forwarded_for, v),
+                _ => {
+                    let Some(f) = f else { continue };
+                    let c = &f.cfg.core.client;
+                    if k.eq_ignore_ascii_case(&c.user_header) {
+                        first(&mut h.user, v);
+                    } else if k.eq_ignore_ascii_case(&c.conversation_header) {
+                        first(&mut h.conversation, v);
+                    } else if k.eq_ignore_ascii_case(&f.cfg.core.turnstile.token_header) {
+                        first(&mut h.token, v);
+                    } else if k.eq_ignore_ascii_case(&f.cfg.envoy.route_header) {
+                        h.route = true;
+                    }
+                }
+            }
+        }
+        h
+    }
+}
+
 /// One request.
 struct Http {
     id: u32,
     f: Option<Rc<Filter>>,
     /// The filter sent a local reply: response hooks leave it alone.
     local: bool,
-    path: String,
+    req: ReqHeaders,
+    /// The request body as received (empty until it ended).
+    body: Vec<u8>,
     body_len: usize,
     /// Siteverify in flight for this admitted request.
     verifying: Option<(u32, Admitted)>,
@@ -479,12 +561,6 @@ struct Http {
     /// Decision headers for a business API pass-through.
     api_limits: Option<Vec<Outcome>>,
     queued: Cell<bool>,
-}
-
-fn header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
 }
 
 fn reason_of(p: &Problem) -> Reason {
@@ -519,7 +595,8 @@ impl Http {
             id,
             f,
             local: false,
-            path: String::new(),
+            req: ReqHeaders::default(),
+            body: Vec::new(),
             body_len: 0,
             verifying: None,
             relay: None,
@@ -617,26 +694,26 @@ impl Http {
     }
 
     /// Stage 1 and the challenge, once the whole request body is here.
-    fn decide(&mut self, f: &Rc<Filter>, body: &[u8]) -> Action {
+    fn decide(&mut self, f: &Rc<Filter>) -> Action {
+        let t0 = crate::stages::span("rb.facts");
         let now = now();
-        let c = &f.cfg.core.client;
-        let user = header(&c.user_header);
-        let conversation = header(&c.conversation_header);
-        let forwarded_for = header("x-forwarded-for");
         let facts = RequestFacts {
-            path: &self.path,
+            path: &self.req.path,
             peer: peer(),
-            forwarded_for: forwarded_for.as_deref(),
-            user: user.as_deref(),
-            conversation: conversation.as_deref(),
-            body,
+            forwarded_for: self.req.forwarded_for.as_deref(),
+            user: self.req.user.as_deref(),
+            conversation: self.req.conversation.as_deref(),
+            body: &self.body,
             now,
         };
         let store = f.store(now);
+        drop(t0);
+        let t1 = crate::stages::span("rb.admit");
         let admitted = match f.gw.admit(&store, &facts) {
             Ok(a) => a,
             Err(r) => return self.send_local(Self::refusal_reply(f, &r, None)),
         };
+        drop(t1);
         let t = &f.cfg.core.turnstile;
         if !t.enabled {
             return self.plan(f, admitted, Challenge::Passed, true);
@@ -644,39 +721,43 @@ impl Http {
         let subject = admitted.client.subject();
         let remembered = turnstile::is_remembered(&store, &subject, now).unwrap_or(false);
         let ip = admitted.client.ip.to_string();
-        let token = header(&t.token_header);
-        let challenge =
-            match turnstile::precheck(t, token.as_deref(), Some(&ip), &subject, remembered) {
-                turnstile::Precheck::Pass => Challenge::Passed,
-                turnstile::Precheck::Fail(codes) => Challenge::Failed(codes),
-                turnstile::Precheck::Verify(req) => {
-                    let Some((authority, path)) = settings::split_url(&req.url) else {
-                        return self.plan(f, admitted, self.judged(f, None, &subject, now), true);
-                    };
-                    let sent = hostcalls::dispatch_http_call(
-                        &f.cfg.envoy.turnstile_cluster,
-                        vec![
-                            (":method", "POST"),
-                            (":path", &path),
-                            (":authority", &authority),
-                            ("content-type", turnstile::SiteverifyRequest::CONTENT_TYPE),
-                        ],
-                        Some(req.body.as_bytes()),
-                        vec![],
-                        Duration::from_millis(f.cfg.envoy.call_timeout_ms),
-                    );
-                    match sent {
-                        Ok(token) => {
-                            self.verifying = Some((token, admitted));
-                            return Action::Pause;
-                        }
-                        Err(s) => {
-                            warn!("tidegate: siteverify call could not start: {s:?}");
-                            self.judged(f, None, &subject, now)
-                        }
+        let challenge = match turnstile::precheck(
+            t,
+            self.req.token.as_deref(),
+            Some(&ip),
+            &subject,
+            remembered,
+        ) {
+            turnstile::Precheck::Pass => Challenge::Passed,
+            turnstile::Precheck::Fail(codes) => Challenge::Failed(codes),
+            turnstile::Precheck::Verify(req) => {
+                let Some((authority, path)) = settings::split_url(&req.url) else {
+                    return self.plan(f, admitted, self.judged(f, None, &subject, now), true);
+                };
+                let sent = hostcalls::dispatch_http_call(
+                    &f.cfg.envoy.turnstile_cluster,
+                    vec![
+                        (":method", "POST"),
+                        (":path", &path),
+                        (":authority", &authority),
+                        ("content-type", turnstile::SiteverifyRequest::CONTENT_TYPE),
+                    ],
+                    Some(req.body.as_bytes()),
+                    vec![],
+                    Duration::from_millis(f.cfg.envoy.call_timeout_ms),
+                );
+                match sent {
+                    Ok(token) => {
+                        self.verifying = Some((token, admitted));
+                        return Action::Pause;
+                    }
+                    Err(s) => {
+                        warn!("tidegate: siteverify call could not start: {s:?}");
+                        self.judged(f, None, &subject, now)
                     }
                 }
-            };
+            }
+        };
         self.plan(f, admitted, challenge, true)
     }
 
@@ -703,6 +784,7 @@ impl Http {
         let now = now();
         let fl = f.flags();
         let store = f.store(now);
+        let t1 = crate::stages::span("rb.plan");
         let plan = f.gw.plan(
             &store,
             &admitted,
@@ -711,19 +793,29 @@ impl Http {
             &ch,
             now,
         );
+        drop(t1);
+        let _t2 = crate::stages::span("rb.forward");
         let tier = f.gw.tier(fl.tier.as_deref());
         let fw = match plan {
             Plan::Answer(a) => return self.send_local(Self::answer_reply(f, a)),
             Plan::Refuse(r) => return self.send_local(Self::refusal_reply(f, &r, Some(tier))),
             Plan::Forward(fw) => fw,
         };
-        let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, self.body_len, &fw.body);
+        // Only what changes is written: every host call costs, and a changed request header
+        // also makes Envoy clear its route cache.
         let set = |k: &str, v: Option<&str>| {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, k, v);
         };
-        set("content-length", Some(&fw.body.len().to_string()));
-        set("content-type", Some("application/json"));
-        set(&f.cfg.core.turnstile.token_header, None);
+        if fw.body != self.body {
+            let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, self.body_len, &fw.body);
+            set("content-length", Some(&fw.body.len().to_string()));
+        }
+        if self.req.content_type.as_deref() != Some("application/json") {
+            set("content-type", Some("application/json"));
+        }
+        if self.req.token.is_some() {
+            set(&f.cfg.core.turnstile.token_header, None);
+        }
         let key = if fw.route.fallback_origin && !f.cfg.core.tiers.fallback_api_key.is_empty() {
             &f.cfg.core.tiers.fallback_api_key
         } else {
@@ -732,17 +824,19 @@ impl Http {
         if !key.is_empty() {
             set("authorization", Some(&format!("Bearer {key}")));
         }
-        let route = if fw.route.fallback_origin {
-            Some("fallback")
-        } else {
-            None
-        };
-        set(&f.cfg.envoy.route_header, route);
+        if fw.route.fallback_origin {
+            set(&f.cfg.envoy.route_header, Some("fallback"));
+        } else if self.req.route {
+            set(&f.cfg.envoy.route_header, None);
+        }
+        self.body = Vec::new();
         let delay = fw.delay_ms;
         self.relay = Some(Relay {
             admitted,
             forward: fw,
+            flags: fl,
             reply: None,
+            drained: false,
             replace: None,
             answered: false,
             settled: false,
@@ -810,6 +904,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let _t = crate::stages::span("req_headers");
         let Some(f) = self.f.clone() else {
             return self.send_local(Reply {
                 status: 503,
@@ -817,14 +912,13 @@ impl HttpContext for Http {
                 body: b"tidegate is not configured".to_vec(),
             });
         };
-        let full = header(":path").unwrap_or_default();
-        self.path = full.split('?').next().unwrap_or("").to_owned();
-        if self.path == "/healthz" {
+        self.req = ReqHeaders::read(Some(&f));
+        if self.req.path == "/healthz" {
             return self.healthz(&f);
         }
-        if Shape::from_path(&self.path).is_none() {
+        if Shape::from_path(&self.req.path).is_none() {
             let now = now();
-            return match f.gw.admit_api(&f.store(now), &self.path, now) {
+            return match f.gw.admit_api(&f.store(now), &self.req.path, now) {
                 None => self.send_local(Self::refusal_reply(
                     &f,
                     &Refusal {
@@ -856,17 +950,19 @@ impl HttpContext for Http {
             };
         }
         let max = f.cfg.core.client.max_body_bytes;
-        let declared = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        let declared =
+            (self.req.content_length.as_deref()).and_then(|v| v.trim().parse::<usize>().ok());
         if declared.is_some_and(|n| n > max) {
             return self.too_large(&f);
         }
         if end_of_stream {
-            return self.decide(&f, &[]);
+            return self.decide(&f);
         }
         Action::Pause
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _t = crate::stages::span("req_body");
         let Some(f) = self.f.clone() else {
             return Action::Pause;
         };
@@ -880,14 +976,15 @@ impl HttpContext for Http {
         if !end_of_stream {
             return Action::Pause;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+        self.body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
             .ok()
             .flatten()
             .unwrap_or_default();
-        self.decide(&f, &body)
+        self.decide(&f)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let _t = crate::stages::span("resp_headers");
         if self.local {
             return Action::Continue;
         }
@@ -959,16 +1056,16 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let stream = relay.admitted.req.stream;
-        let fl = f.flags();
         relay.reply = Some(ReplyFilter::new(
             relay.admitted.req.shape,
             stream,
             f.validator.clone(),
-            fl.codes.clone(),
+            relay.flags.codes.clone(),
         ));
-        // The body may change length: never pass the origin's Content-Length on.
-        set("content-length", None);
         if stream {
+            // Chunks may change length: never pass the origin's Content-Length on. (A whole
+            // reply keeps it unless its body changes: see `on_http_response_body`.)
+            set("content-length", None);
             f.metrics.decision(Reason::Forwarded);
             set("cache-control", Some("no-cache"));
             set("x-accel-buffering", Some("no"));
@@ -982,6 +1079,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _t = crate::stages::span("resp_body");
         if self.local {
             return Action::Continue;
         }
@@ -1003,13 +1101,19 @@ impl HttpContext for Http {
         let Some(filter) = relay.reply.as_mut() else {
             return Action::Continue;
         };
+        let stream = relay.admitted.req.stream;
+        if !stream && !end_of_stream && !relay.drained && body_size <= HOLD_IN_ENVOY {
+            // A small whole reply stays in Envoy's buffer until it ends: no copy into the VM,
+            // and no copy back when validation leaves it as it is.
+            return Action::Pause;
+        }
         let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
             .ok()
             .flatten()
             .unwrap_or_default();
         let mut out = filter.push(&chunk);
         let now = now();
-        if relay.admitted.req.stream {
+        if stream {
             if end_of_stream {
                 out.extend_from_slice(&filter.finish(true));
                 let outcome = Self::outcome(&f, filter, &relay.admitted);
@@ -1031,13 +1135,18 @@ impl HttpContext for Http {
             let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
             return Action::Continue;
         }
-        // Whole reply: the core buffers it; Envoy's copy is dropped chunk by chunk.
+        // A large whole reply: the core buffers it; Envoy's copy is dropped chunk by chunk.
         if !end_of_stream {
             let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[]);
+            relay.drained = true;
             return Action::Pause;
         }
+        let tf = crate::stages::span("rsb.finish");
         out.extend_from_slice(&filter.finish(true));
+        drop(tf);
+        let to = crate::stages::span("rsb.outcome");
         let outcome = Self::outcome(&f, filter, &relay.admitted);
+        drop(to);
         let store = f.store(now);
         relay.settled = true;
         if let Some(plan) =
@@ -1057,12 +1166,18 @@ impl HttpContext for Http {
         if let Some(s) = filter.error_status() {
             set(":status", &s.to_string());
         }
-        set("content-length", &out.len().to_string());
-        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
+        // Envoy still holds the whole reply unless it was drained: when validation left it as
+        // it was, the body and its Content-Length go out untouched.
+        if relay.drained || out != chunk {
+            set("content-length", &out.len().to_string());
+            let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
+        }
         Action::Continue
     }
 
     fn on_log(&mut self) {
+        crate::stages::request_done();
+        let _t = crate::stages::span("log");
         let Some(f) = self.f.clone() else { return };
         let Some(relay) = self.relay.as_mut() else {
             return;

@@ -17,6 +17,8 @@ pub mod shared;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+#[cfg(target_arch = "wasm32")]
+mod stages;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

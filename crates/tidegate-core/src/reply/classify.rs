@@ -55,7 +55,7 @@ pub fn is_personal(text: &str) -> bool {
 fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut space = false;
-    for c in text.nfkc().flat_map(char::to_lowercase) {
+    let mut push = |c: char| {
         let c = match c {
             '\u{2018}' | '\u{2019}' | '\u{02bc}' => '\'',
             c => c,
@@ -69,6 +69,14 @@ fn normalise(text: &str) -> String {
             }
             out.push(c);
         }
+    };
+    if text.is_ascii() {
+        // NFKC leaves ASCII as it is: skip the decomposition tables (the common case).
+        text.chars()
+            .map(|c| c.to_ascii_lowercase())
+            .for_each(&mut push);
+    } else {
+        text.nfkc().flat_map(char::to_lowercase).for_each(&mut push);
     }
     out
 }
@@ -80,15 +88,40 @@ const DONT_KNOW_MAX_CHARS: usize = 240;
 /// characters) containing one of `phrases`, ignoring case, full-width forms, curly apostrophes
 /// and runs of whitespace. A long answer that says "I'm not sure which course you mean, but..."
 /// is an answer, not a reason to hand over.
+///
+/// Normalises `phrases` on every call; a host that asks once per reply keeps a [`DontKnow`].
 pub fn is_dont_know(text: &str, phrases: &[String]) -> bool {
-    if text.chars().nth(DONT_KNOW_MAX_CHARS).is_some() {
-        return false;
+    DontKnow::new(phrases).matches(text)
+}
+
+/// "I don't know" phrases normalised once, for asking [`is_dont_know`]'s question of many
+/// replies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DontKnow {
+    /// Normalised, non-empty phrases.
+    phrases: Vec<String>,
+}
+
+impl DontKnow {
+    /// Normalises `phrases`; empty ones (after normalising) are dropped.
+    pub fn new(phrases: &[String]) -> Self {
+        DontKnow {
+            phrases: phrases
+                .iter()
+                .map(|p| normalise(p))
+                .filter(|p| !p.is_empty())
+                .collect(),
+        }
     }
-    let text = normalise(text);
-    phrases
-        .iter()
-        .map(|p| normalise(p))
-        .any(|p| !p.is_empty() && text.contains(&p))
+
+    /// Same answer as [`is_dont_know`] with the phrases given to [`DontKnow::new`].
+    pub fn matches(&self, text: &str) -> bool {
+        if self.phrases.is_empty() || text.chars().nth(DONT_KNOW_MAX_CHARS).is_some() {
+            return false;
+        }
+        let text = normalise(text);
+        self.phrases.iter().any(|p| text.contains(p.as_str()))
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +162,53 @@ mod tests {
             "退款政策：7天无理由退货",
         ] {
             assert!(!is_personal(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn the_prepared_matcher_agrees_with_is_dont_know() {
+        let phrases = vec![
+            "I don't know".to_owned(),
+            "我不知道".to_owned(),
+            "Ｎｏ Idea".to_owned(),
+            "  ".to_owned(),
+        ];
+        let m = DontKnow::new(&phrases);
+        for t in [
+            "Sorry,  I DON\u{2019}T\n know that.",
+            "抱歉，我不知道。",
+            "no   idea, sorry",
+            "ＮＯ ＩＤＥＡ",
+            "I know the answer",
+            "",
+            "   ",
+        ] {
+            assert_eq!(m.matches(t), is_dont_know(t, &phrases), "{t:?}");
+        }
+        assert!(m.matches("No idea!"));
+        assert!(!DontKnow::new(&[]).matches("I don't know"));
+    }
+
+    #[test]
+    fn ascii_fast_path_normalises_like_nfkc() {
+        for t in ["I  Don't\tKNOW", " a\r\nB  c ", "", "ABC-xyz 123"] {
+            let slow: String = {
+                let mut out = String::new();
+                let mut space = false;
+                for c in t.nfkc().flat_map(char::to_lowercase) {
+                    if c.is_whitespace() {
+                        space = !out.is_empty();
+                    } else {
+                        if space {
+                            out.push(' ');
+                            space = false;
+                        }
+                        out.push(c);
+                    }
+                }
+                out
+            };
+            assert_eq!(normalise(t), slow, "{t:?}");
         }
     }
 

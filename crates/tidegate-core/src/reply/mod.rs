@@ -37,7 +37,7 @@ mod sse;
 
 use std::sync::Arc;
 
-pub use classify::{is_dont_know, is_personal};
+pub use classify::{is_dont_know, is_personal, DontKnow};
 pub use codes::{CodeSet, Tally, Validator};
 pub use config::{ValidationConfig, MAX_CODE_LEN, MAX_REPLACEMENT_CHARS};
 pub use report::{End, ReplyReport, Usage, MAX_REPORT_TEXT_BYTES};
@@ -353,6 +353,21 @@ fn cut_body(
 /// Validates a whole JSON reply; returns the body to send and, when it was replaced by an
 /// error body, the status to send with it.
 fn whole_reply(shape: Shape, body: Vec<u8>, cx: &mut Ctx<'_>) -> (Vec<u8>, Option<u16>) {
+    // The common case (an OpenAI reply with nothing to replace) needs no JSON tree.
+    if shape == Shape::OpenAi {
+        match openai::check_body(&body, cx) {
+            Some(Seen::Terminator) => {
+                cx.report.complete();
+                return (body, None);
+            }
+            Some(Seen::Other) => {
+                cx.report.complete();
+                cx.report.reason = Some("not_a_reply");
+                return (body, None);
+            }
+            Some(Seen::Error) | None => {}
+        }
+    }
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         let looks_like_json = matches!(body.trim_ascii_start().first(), Some(b'{' | b'['));
         if looks_like_json {

@@ -1,6 +1,10 @@
 //! OpenAI chat completions: rewriting `chat.completion.chunk` events and whole
 //! `chat.completion` bodies.
 
+use std::borrow::Cow;
+
+use serde::de::{Deserializer, IgnoredAny};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::codes::Scanner;
@@ -155,6 +159,86 @@ fn error_message(err: &Value) -> String {
             .unwrap_or("origin error")
             .to_owned(),
     }
+}
+
+/// A field that is only checked for presence (any value, `null` included).
+#[derive(Debug, Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| Present(true))
+    }
+}
+
+/// The parts of a whole `chat.completion` that [`rewrite_body`] reads, borrowed from the body.
+/// Any other shape (a field of another type, a repeated key) fails to parse here.
+#[derive(Debug, Deserialize)]
+struct WholeView<'a> {
+    #[serde(default)]
+    error: Present,
+    usage: Option<UsageView>,
+    #[serde(borrow)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageView {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChoiceView<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    message: Option<MessageView<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageView<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+/// [`rewrite_body`] without building a JSON tree, for the common case: a well-formed
+/// `chat.completion` whose text keeps every code-shaped word (nothing to rewrite). Returns
+/// what `rewrite_body` would have seen, with the same effect on the report; `None` (report
+/// untouched) when the body has another shape or a code must be replaced, so that the caller
+/// takes the general path.
+pub(crate) fn check_body(body: &[u8], cx: &mut Ctx<'_>) -> Option<Seen> {
+    let view: WholeView<'_> = serde_json::from_slice(body).ok()?;
+    if view.error.0 {
+        return None;
+    }
+    let saved = cx.report.clone();
+    if let Some(u) = view.usage {
+        let (p, c, t) = (u.prompt_tokens, u.completion_tokens, u.total_tokens);
+        if p.is_some() || c.is_some() || t.is_some() {
+            let (p, c) = (p.unwrap_or(0), c.unwrap_or(0));
+            cx.report.usage = Some(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                total_tokens: t.unwrap_or(0).max(p.saturating_add(c)),
+            });
+        }
+    }
+    let Some(choices) = view.choices else {
+        return Some(Seen::Other);
+    };
+    for (pos, choice) in choices.iter().enumerate() {
+        let index = choice.index.unwrap_or(pos as u64);
+        let Some(text) = choice.message.as_ref().and_then(|m| m.content.as_deref()) else {
+            continue;
+        };
+        let new = cx.rewrite(&mut Scanner::default(), text, true, index == 0);
+        if new != text {
+            *cx.report = saved;
+            return None;
+        }
+    }
+    Some(Seen::Terminator)
 }
 
 /// Rewrites a whole `chat.completion` body in place.

@@ -685,3 +685,82 @@ proptest! {
         prop_assert_eq!(client_text(shape, &all), want);
     }
 }
+
+/// The tree path for a whole OpenAI body, bypassing `openai::check_body`.
+fn whole_by_tree(body: &[u8]) -> (Vec<u8>, ReplyReport) {
+    let v = validator();
+    let c = codes();
+    let mut report = ReplyReport::default();
+    let mut cx = Ctx {
+        v: &v,
+        codes: &c,
+        report: &mut report,
+    };
+    let out = match serde_json::from_slice::<Value>(body) {
+        Ok(mut value) => match openai::rewrite_body(&mut value, &mut cx) {
+            Seen::Terminator if cx.report.codes_replaced > 0 => value.to_string().into_bytes(),
+            _ => body.to_vec(),
+        },
+        Err(_) => body.to_vec(),
+    };
+    (out, report)
+}
+
+#[test]
+fn whole_openai_fast_path_agrees_with_the_tree_path() {
+    // The fast path must leave the body and the report exactly as the tree path would, or
+    // step aside (`None`) and leave the report untouched.
+    let bodies: Vec<Value> = vec![
+        json!({"id":"a","choices":[{"index":0,"message":{"role":"assistant","content":"Use SPRING618 today."}}],
+               "usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":3}}),
+        json!({"choices":[{"message":{"content":"Try FAKE2024X now"}}]}),
+        json!({"choices":[{"index":1,"message":{"content":"second"}},{"index":0,"message":{"content":null}}],
+               "usage":{"prompt_tokens":5}}),
+        json!({"choices":null,"usage":null}),
+        json!({"choices":[{"index":"0","message":{"content":"x"}}]}),
+        json!({"choices":[{"message":{"content":[{"type":"text","text":"multi"}]}}]}),
+        json!({"choices":[{"message":"plain"}]}),
+        json!({"error":null,"choices":[]}),
+        json!({"usage":{"prompt_tokens":1.5},"choices":[]}),
+        json!([1, 2, 3]),
+        json!({"choices":[{"message":{"content":"Escaped \"quote\" and é"}}]}),
+    ];
+    for b in bodies {
+        let bytes = b.to_string().into_bytes();
+        let (want_out, want) = whole_by_tree(&bytes);
+        let v = validator();
+        let c = codes();
+        let mut report = ReplyReport::default();
+        let mut cx = Ctx {
+            v: &v,
+            codes: &c,
+            report: &mut report,
+        };
+        match openai::check_body(&bytes, &mut cx) {
+            Some(_) => {
+                assert_eq!(bytes, want_out, "{b}");
+                assert_eq!(report, want, "{b}");
+            }
+            None => assert_eq!(report, ReplyReport::default(), "{b}"),
+        }
+        // And through the filter, whichever path it takes.
+        let mut f = ReplyFilter::new(Shape::OpenAi, false, validator(), codes());
+        let _ = f.push(&bytes);
+        let out = f.finish(true);
+        assert_eq!(out, want_out, "{b}");
+        assert_eq!(f.report().usage, want.usage, "{b}");
+        assert_eq!(f.report().text, want.text, "{b}");
+        assert_eq!(f.report().codes_replaced, want.codes_replaced, "{b}");
+    }
+    // A repeated key takes the tree path (serde_json keeps the last value there).
+    let dup = br#"{"choices":[],"choices":[{"message":{"content":"FAKE2024X"}}]}"#;
+    let v = validator();
+    let c = codes();
+    let mut report = ReplyReport::default();
+    let mut cx = Ctx {
+        v: &v,
+        codes: &c,
+        report: &mut report,
+    };
+    assert!(openai::check_body(dup, &mut cx).is_none());
+}
