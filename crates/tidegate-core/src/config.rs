@@ -135,6 +135,8 @@ pub struct ClientConfig {
     pub require_user: bool,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
+    /// Per-IP limits count an IPv6 client by its network of this many bits (1-128).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for ClientConfig {
@@ -146,6 +148,7 @@ impl Default for ClientConfig {
             user_signing_secret: None,
             require_user: false,
             max_body_bytes: 64 * 1024,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -399,7 +402,8 @@ pub const TURNSTILE_TEST_SECRETS: [&str; 3] = [
 impl Config {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(toml_error)?;
+        let cfg: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| toml_error(text, e))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -434,6 +438,12 @@ impl Config {
                     "must be at least 16 characters",
                 ));
             }
+        }
+        if c.ipv6_prefix == 0 || c.ipv6_prefix > 128 {
+            return Err(ConfigError::new(
+                "client.ipv6_prefix",
+                "must be 1-128 (64: one subscriber's network)",
+            ));
         }
         if c.max_body_bytes < 256 || c.max_body_bytes > 16 * 1024 * 1024 {
             return Err(ConfigError::new(
@@ -593,21 +603,33 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
-fn toml_error(e: toml::de::Error) -> ConfigError {
-    // toml's message names the key for unknown fields and type errors; keep it whole and
-    // pull the dotted key path out of it where serde_spanned gives us one.
-    let msg = e.message().trim().to_owned();
-    let field = msg
-        .split('`')
-        .nth(1)
-        .filter(|_| msg.starts_with("unknown field") || msg.starts_with("invalid type"))
-        .unwrap_or("")
-        .to_owned();
-    let whole = e.to_string().trim().to_owned();
-    ConfigError {
-        field,
-        message: if whole.is_empty() { msg } else { whole },
+fn toml_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let mut message = inner.message().trim().to_owned();
+    // serde_path_to_error names the table for an unknown key; name the key itself.
+    let mut field = if path == "." { String::new() } else { path };
+    if let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    {
+        if !field.ends_with(key) {
+            field = if field.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{field}.{key}")
+            };
+        }
     }
+    // The position, never the source line itself: a config line may hold a secret, and this
+    // message can reach a log or a client.
+    if let Some(span) = inner.span() {
+        let before = text.get(..span.start).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        message = format!("{message} (line {line}, column {column})");
+    }
+    ConfigError { field, message }
 }
 
 #[cfg(test)]
@@ -652,6 +674,21 @@ mod tests {
             let e = Config::from_toml(doc).unwrap_err();
             assert_eq!(e.field, field, "{doc}: {e}");
         }
+    }
+
+    #[test]
+    fn regression_type_errors_name_the_dotted_field_and_never_echo_the_line() {
+        // A tester's `api_key = ["sk-live-..."]` came back verbatim in a public 500.
+        let e = Config::from_toml("[origin]\napi_key = [\"sk-live-TOPSECRET-123\"]").unwrap_err();
+        assert_eq!(e.field, "origin.api_key", "{e}");
+        assert!(!e.to_string().contains("TOPSECRET"), "{e}");
+        let e = Config::from_toml("[limits.user]\nlimit = \"ten\"").unwrap_err();
+        assert_eq!(e.field, "limits.user.limit", "{e}");
+        assert!(e.message.contains("line 2"), "{e}");
+        let e = Config::from_toml("[limits.usr]\nlimit = 3").unwrap_err();
+        assert_eq!(e.field, "limits.usr", "{e}");
+        let e = Config::from_toml("this is not toml").unwrap_err();
+        assert!(e.message.contains("line 1"), "{e}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum Reason {
     BadIdentity,
     /// A counter store failed and the config fails closed.
     StoreUnavailable,
+    /// The gateway's own configuration or platform bindings are broken (the log says why).
+    Misconfigured,
 }
 
 impl Reason {
@@ -60,11 +62,12 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::BadIdentity => "bad_identity",
             Reason::StoreUnavailable => "store_unavailable",
+            Reason::Misconfigured => "misconfigured",
         }
     }
 
     /// Every reason, for metrics that list them all.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Forwarded,
         Reason::FaqHit,
         Reason::IpLimited,
@@ -81,6 +84,7 @@ impl Reason {
         Reason::TooLarge,
         Reason::BadIdentity,
         Reason::StoreUnavailable,
+        Reason::Misconfigured,
     ];
 }
 

@@ -143,6 +143,10 @@ pub struct Forward {
     pub reserved_at: UnixMs,
     /// Limit outcomes (for the headers).
     pub limits: Vec<Outcome>,
+    /// The gateway asked the origin for a usage chunk the client did not ask for: the host
+    /// passes this to [`ReplyFilter::hiding_usage`](crate::reply::ReplyFilter::hiding_usage)
+    /// so the client does not get a chunk with empty `choices` it never requested.
+    pub usage_added: bool,
 }
 
 /// How the challenge went for this request.
@@ -294,7 +298,8 @@ impl Gateway {
         let ip = self.client_ip(facts.peer, facts.forwarded_for);
         let mut limits = Vec::new();
         if let Some(q) = self.cfg.ip_quota() {
-            match self.limit(store, &format!("ip:{ip}"), &q, facts.now) {
+            let network = identity::limit_network(ip, self.cfg.client.ipv6_prefix);
+            match self.limit(store, &format!("ip:{network}"), &q, facts.now) {
                 Ok(Some(o)) => limits.push(o),
                 Ok(None) => {}
                 Err(p) => return Err(refuse(p, limits)),
@@ -449,8 +454,16 @@ impl Gateway {
                 return Plan::Refuse(Refusal { problem: p, limits });
             }
         }
+        let usage_added = req.shape == Shape::OpenAi
+            && req.stream
+            && req
+                .body
+                .pointer("/stream_options/include_usage")
+                .and_then(serde_json::Value::as_bool)
+                != Some(true);
         Plan::Forward(Forward {
             body: self.origin_body(req, admitted.client.user.as_deref(), &route),
+            usage_added,
             route,
             delay_ms,
             reserved,
@@ -537,9 +550,16 @@ impl Gateway {
         let Some(conv) = &admitted.client.conversation else {
             return Settlement::default();
         };
+        let call = handoff::toggle_status_call(&self.cfg.handoff, conv);
+        if call.is_none() && !self.cfg.handoff.chatwoot_url.is_empty() {
+            // Chatwoot is configured but this id is not one of its conversation numbers:
+            // nobody could be told, so the conversation stays with the bot rather than going
+            // silent with no human behind it.
+            return Settlement::default();
+        }
         match handoff::claim(store, conv, now) {
             Ok(true) => Settlement {
-                handoff: handoff::toggle_status_call(&self.cfg.handoff, conv),
+                handoff: call,
                 handed_off: true,
                 conversation: Some(conv.clone()),
             },

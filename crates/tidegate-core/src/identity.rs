@@ -88,6 +88,21 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) ->
     client
 }
 
+/// The address a per-IP limit counts: an IPv4 address as it is, an IPv6 address as its
+/// network of `v6_prefix` bits (`2001:db8:1:2::/64`). One IPv6 subscriber is usually given a
+/// whole /64 (or more), so counting single addresses would hand each client 2^64 fresh limits.
+pub fn limit_network(ip: IpAddr, v6_prefix: u8) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let bits = u32::from(v6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+            format!("{net}/{bits}")
+        }
+    }
+}
+
 /// Checks a user id as sent by the client. Without a secret the id is taken as is (after a
 /// sanity check); with one it must be `<id>.<hex HMAC-SHA256(secret, id)>` and the bare id is
 /// returned.
@@ -196,5 +211,21 @@ mod tests {
         assert!(verify_user("alice", Some(secret)).is_err());
         assert!(verify_user("alice.zz", Some(secret)).is_err());
         assert!(verify_user("", None).is_err());
+    }
+
+    #[test]
+    fn regression_ipv6_clients_are_limited_per_network_not_per_address() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limit_network(a, 64), "2001:db8:1:2::/64");
+        assert_eq!(limit_network(a, 64), limit_network(b, 64));
+        assert_ne!(limit_network(a, 64), limit_network(other, 64));
+        assert_eq!(limit_network(a, 128), "2001:db8:1:2::1/128");
+        assert_eq!(limit_network(a, 0), "::/0");
+        let v4: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(limit_network(v4, 64), "203.0.113.9");
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(limit_network(mapped, 64), "203.0.113.9");
     }
 }

@@ -337,3 +337,62 @@ fn only_limit_cells_in_the_past_are_idle() {
         assert!(!is_idle_cell(key, 0, now), "{key} must be kept");
     }
 }
+
+#[test]
+fn regression_the_usage_chunk_is_hidden_only_when_the_gateway_asked_for_it() {
+    // A tester's streaming client, which never asked for usage, got a chunk with empty
+    // `choices` (the gateway asks the origin for usage to charge the budget exactly).
+    let g = gw("");
+    let s = MemoryStore::new();
+    let plan = |b: &[u8], user: &str| {
+        let a = g.admit(&s, &facts(b, user, None, T0)).unwrap();
+        match g.plan(&s, &a, None, None, &Challenge::Passed, T0) {
+            Plan::Forward(f) => f,
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    };
+    let f = plan(&body("tell me about generators", true), "u1");
+    assert!(f.usage_added);
+    let origin: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+    assert_eq!(origin["stream_options"]["include_usage"], true);
+    let asked = br#"{"stream":true,"stream_options":{"include_usage":true},
+        "messages":[{"role":"user","content":"tell me about generators"}]}"#;
+    assert!(
+        !plan(asked, "u2").usage_added,
+        "the client asked: it gets the chunk"
+    );
+    assert!(!plan(&body("tell me about generators", false), "u3").usage_added);
+}
+
+#[test]
+fn regression_an_id_chatwoot_cannot_take_is_not_silenced() {
+    // A tester's conversation `convX-1` got the template and then 409 for good: the claim was
+    // made, but no toggle_status call can name a non-numeric conversation.
+    let g = gw("");
+    let s = MemoryStore::new();
+    let b = body("where is my certificate", false);
+    let a = g.admit(&s, &facts(&b, "u1", Some("convX-1"), T0)).unwrap();
+    let Plan::Forward(f) = g.plan(&s, &a, None, None, &Challenge::Passed, T0) else {
+        panic!("expected a forward")
+    };
+    let Plan::Answer(ans) = g.origin_failed(&s, &a, &f, Some(502), None, T0) else {
+        panic!("expected the template")
+    };
+    assert!(ans.handoff.is_none() && !ans.handed_off);
+    assert!(
+        g.admit(&s, &facts(&b, "u1", Some("convX-1"), T0)).is_ok(),
+        "the bot keeps answering"
+    );
+    // Without Chatwoot, the header tells the client app, which owns the human side.
+    let g =
+        Gateway::new(Config::from_toml("[client]\ntrusted_proxies = [\"127.0.0.1\"]\n").unwrap())
+            .unwrap();
+    let a = g.admit(&s, &facts(&b, "u2", Some("convY"), T0)).unwrap();
+    let Plan::Forward(f) = g.plan(&s, &a, None, None, &Challenge::Passed, T0) else {
+        panic!("expected a forward")
+    };
+    let Plan::Answer(ans) = g.origin_failed(&s, &a, &f, Some(502), None, T0) else {
+        panic!("expected the template")
+    };
+    assert!(ans.handed_off);
+}

@@ -1056,12 +1056,15 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let stream = relay.admitted.req.stream;
-        relay.reply = Some(ReplyFilter::new(
-            relay.admitted.req.shape,
-            stream,
-            f.validator.clone(),
-            relay.flags.codes.clone(),
-        ));
+        relay.reply = Some(
+            ReplyFilter::new(
+                relay.admitted.req.shape,
+                stream,
+                f.validator.clone(),
+                relay.flags.codes.clone(),
+            )
+            .hiding_usage(relay.forward.usage_added),
+        );
         if stream {
             // Chunks may change length: never pass the origin's Content-Length on. (A whole
             // reply keeps it unless its body changes: see `on_http_response_body`.)

@@ -186,10 +186,15 @@ impl Counter {
         if let Err(e) = put(cfg.recommendation_key.clone()).await {
             console_error!("tidegate: could not store the tier recommendation: {e}");
         }
-        let active = if cfg.auto_activate {
-            if let Err(e) = put(cfg.flag_key.clone()).await {
-                console_error!("tidegate: could not activate the recommended tier: {e}");
-            }
+        let activated = cfg.auto_activate
+            && match put(cfg.flag_key.clone()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    console_error!("tidegate: could not activate the recommended tier: {e}");
+                    false
+                }
+            };
+        let active = if activated {
             rec.to
         } else {
             let flag = kv.get(&cfg.flag_key).text().await.ok().flatten();
@@ -200,7 +205,7 @@ impl Counter {
                 method: "POST",
                 url: cfg.alert_webhook.clone(),
                 headers: vec![("content-type".into(), "application/json".into())],
-                body: rec.alert_json(active, cfg.auto_activate),
+                body: rec.alert_json(active, activated),
             };
             deliver(call, "alert").await;
         }

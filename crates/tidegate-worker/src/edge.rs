@@ -22,7 +22,7 @@ use tidegate_core::gateway::{
 use tidegate_core::ratelimit::{Outcome, Verdict};
 use tidegate_core::reply::{CodeSet, ReplyFilter, Validator};
 use tidegate_core::tier::Tier;
-use tidegate_core::{turnstile, Problem, Reason, UnixMs};
+use tidegate_core::{handoff, turnstile, Problem, Reason, UnixMs};
 use worker::{
     console_error, console_warn, event, AbortController, Context, Date, Delay, Env, Fetch, Headers,
     Method, Request, RequestInit, Response,
@@ -104,11 +104,17 @@ fn isolate(env: &Env) -> Result<Rc<Isolate>, Problem> {
         }
         Err(e) => {
             console_error!("tidegate: config error: {e}");
+            // The client learns which field, never the message: it may quote a value.
+            let which = if e.field.is_empty() {
+                String::new()
+            } else {
+                format!(" (`{}`)", e.field)
+            };
             Err(Problem::new(
-                Reason::StoreUnavailable,
+                Reason::Misconfigured,
                 500,
                 "Misconfigured",
-                format!("the gateway's configuration is invalid: {e}"),
+                format!("the gateway's configuration is invalid{which}; its log says why"),
             ))
         }
     }
@@ -138,7 +144,16 @@ async fn flags(iso: &Isolate, env: &Env, now: UnixMs) -> Flags {
         Ok(kv) => {
             let cfg = iso.gw.config();
             match kv.get(&cfg.tiers.flag_key).cache_ttl(ttl).text().await {
-                Ok(t) => next.tier = t,
+                Ok(t) => {
+                    if let Some(bad) = t.as_deref().filter(|v| Tier::parse(v).is_none()) {
+                        console_warn!(
+                            "tidegate: KV {} = {bad:?} is not a tier (normal, economy, \
+                             cache-first, fallback); serving normal",
+                            cfg.tiers.flag_key
+                        );
+                    }
+                    next.tier = t
+                }
                 Err(e) => console_warn!("tidegate: KV tier flag unreadable, keeping last: {e}"),
             }
             match kv
@@ -228,19 +243,14 @@ fn problem(p: Problem) -> Response {
     )
 }
 
-/// Sends an outbound call (handoff, alert) after the response, retrying transient failures.
-fn send_call(ctx: &Context, call: HttpCall, what: &'static str) {
-    ctx.wait_until(deliver(call, what));
-}
-
-/// Makes an outbound call, retrying transient failures twice.
-pub(crate) async fn deliver(call: HttpCall, what: &'static str) {
+/// Makes an outbound call, retrying transient failures twice; true when it was delivered.
+pub(crate) async fn deliver(call: HttpCall, what: &'static str) -> bool {
     for attempt in 1..=3u64 {
         match post(&call).await {
-            Ok(s) if (200..300).contains(&s) => return,
+            Ok(s) if (200..300).contains(&s) => return true,
             Ok(s) if (400..500).contains(&s) => {
                 console_warn!("tidegate: {what} refused with {s}");
-                return;
+                return false;
             }
             Ok(s) => console_warn!("tidegate: {what} attempt {attempt} failed with {s}"),
             Err(e) => console_warn!("tidegate: {what} attempt {attempt} failed: {e}"),
@@ -248,6 +258,27 @@ pub(crate) async fn deliver(call: HttpCall, what: &'static str) {
         Delay::from(Duration::from_millis(200 * attempt)).await;
     }
     console_error!("tidegate: {what} abandoned after 3 attempts");
+    false
+}
+
+/// Delivers a handoff. When Chatwoot refuses it or cannot be reached, the conversation goes
+/// back to the bot (as in the native gateway), so the customer is not left with neither a
+/// bot nor a human; the next message that needs a human tries again.
+async fn hand_over(call: HttpCall, conversation: Option<String>, remote: DoRemote) {
+    if deliver(call, "handoff").await {
+        return;
+    }
+    let Some(conv) = conversation else {
+        return;
+    };
+    match replay::run(&remote, |s, _| handoff::release(s, &conv)).await {
+        Ok(()) => console_error!(
+            "tidegate: handoff of conversation {conv} not delivered; it is back with the bot"
+        ),
+        Err(e) => console_error!(
+            "tidegate: handoff of conversation {conv} not delivered and not released: {e}"
+        ),
+    }
 }
 
 async fn post(call: &HttpCall) -> worker::Result<u16> {
@@ -306,10 +337,10 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Respo
         Err(e) => {
             console_error!("tidegate: no counter namespace: {e}");
             return Ok(problem(Problem::new(
-                Reason::StoreUnavailable,
-                503,
-                "Temporarily unavailable",
-                "the counter store is not bound",
+                Reason::Misconfigured,
+                500,
+                "Misconfigured",
+                "the counter store is not bound (`COUNTERS`)",
             )));
         }
     };
@@ -363,7 +394,7 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Respo
     .await;
     let tier = iso.gw.tier(f.tier.as_deref());
     Ok(match plan {
-        Plan::Answer(a) => answer(&ctx, a),
+        Plan::Answer(a) => answer(&ctx, &remote, a),
         Plan::Refuse(r) => refusal(&r, Some(tier)),
         Plan::Forward(fw) => forward(iso.clone(), remote, &ctx, &req, admitted, fw, f).await,
     })
@@ -479,9 +510,9 @@ async fn siteverify(v: &turnstile::SiteverifyRequest) -> Option<(u16, Vec<u8>)> 
     }
 }
 
-fn answer(ctx: &Context, a: Answer) -> Response {
+fn answer(ctx: &Context, remote: &DoRemote, a: Answer) -> Response {
     if let Some(call) = a.handoff.clone() {
-        send_call(ctx, call, "handoff");
+        ctx.wait_until(hand_over(call, a.conversation.clone(), remote.clone()));
     }
     let resp = body_response(200, a.reply.content_type, a.reply.body.into_bytes());
     let mut h = gateway::response_headers(&a.limits, a.reason, Some(a.tier), None);
@@ -494,9 +525,9 @@ fn answer(ctx: &Context, a: Answer) -> Response {
     with_headers(resp, h)
 }
 
-fn plan_response(ctx: &Context, plan: Plan) -> Response {
+fn plan_response(ctx: &Context, remote: &DoRemote, plan: Plan) -> Response {
     match plan {
-        Plan::Answer(a) => answer(ctx, a),
+        Plan::Answer(a) => answer(ctx, remote, a),
         Plan::Refuse(r) => refusal(&r, None),
         Plan::Forward(_) => problem(Problem::new(
             Reason::Handoff,
@@ -582,25 +613,25 @@ async fn forward(
         Ok(r) => r,
         Err(e) => {
             console_error!("tidegate: origin request could not be built: {e}");
-            return plan_response(ctx, failed(None, None).await);
+            return plan_response(ctx, &remote, failed(None, None).await);
         }
     };
     let mut resp = match fetch_within(req, cfg.origin.first_byte_timeout_ms).await {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
             console_warn!("tidegate: origin unreachable: {e}");
-            return plan_response(ctx, failed(None, None).await);
+            return plan_response(ctx, &remote, failed(None, None).await);
         }
         None => {
             console_warn!("tidegate: origin timed out before the first byte");
-            return plan_response(ctx, failed(None, None).await);
+            return plan_response(ctx, &remote, failed(None, None).await);
         }
     };
     let status = resp.status_code();
     if status == 429 || status >= 500 {
         let ra = resp.headers().get("retry-after").ok().flatten();
         console_warn!("tidegate: origin refused with {status}");
-        return plan_response(ctx, failed(Some(status), ra).await);
+        return plan_response(ctx, &remote, failed(Some(status), ra).await);
     }
     let mut decision =
         gateway::response_headers(&f.limits, Reason::Forwarded, Some(f.route.tier), None);
@@ -625,12 +656,13 @@ async fn forward(
         admitted.req.stream,
         iso.validator.clone(),
         flags.codes.clone(),
-    );
+    )
+    .hiding_usage(f.usage_added);
     let upstream = match resp.stream() {
         Ok(s) => s,
         Err(e) => {
             console_warn!("tidegate: origin body unreadable: {e}");
-            return plan_response(ctx, failed(None, None).await);
+            return plan_response(ctx, &remote, failed(None, None).await);
         }
     };
     let total = cfg.origin.total_timeout_ms;
@@ -733,7 +765,7 @@ async fn pump(
     })
     .await;
     if let Some(call) = s.handoff {
-        deliver(call, "handoff").await;
+        hand_over(call, s.conversation, remote.clone()).await;
     }
 }
 
@@ -771,7 +803,7 @@ async fn relay_whole(
     })
     .await;
     if let Some(plan) = unusable {
-        return plan_response(ctx, plan);
+        return plan_response(ctx, remote, plan);
     }
     let ct = content_type.unwrap_or_else(|| "application/json".into());
     with_headers(body_response(200, &ct, out), decision)

@@ -192,7 +192,8 @@ pub async fn forward(
         admitted.req.stream,
         app.validator.clone(),
         flags.codes.clone(),
-    );
+    )
+    .hiding_usage(f.usage_added);
     if admitted.req.stream {
         app.metrics.decision(Reason::Forwarded);
         let body = relay_stream(app.clone(), admitted, f, resp, filter);

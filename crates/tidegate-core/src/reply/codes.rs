@@ -164,9 +164,10 @@ pub struct CodeSet {
 }
 
 impl CodeSet {
-    /// Reads a KV value: a JSON array of strings, or one code per line (blank lines and lines
-    /// starting with `#` are skipped). Never fails: what cannot be read is no code, so an
-    /// unreadable list makes every code invalid (fail closed).
+    /// Reads a KV value: a JSON array of strings, or codes separated by new lines, commas,
+    /// semicolons or spaces (what people type into a dashboard field; a code never holds
+    /// any of them); lines starting with `#` are skipped. Never fails: what cannot be read is
+    /// no code, so an unreadable list makes every code invalid (fail closed).
     pub fn parse(kv_value: &str) -> CodeSet {
         let trimmed = kv_value.trim_start_matches('\u{feff}').trim();
         if trimmed.starts_with('[') {
@@ -174,7 +175,12 @@ impl CodeSet {
                 return CodeSet::from_codes(items.iter().filter_map(|v| v.as_str()));
             }
         }
-        CodeSet::from_codes(trimmed.lines().filter(|l| !l.trim_start().starts_with('#')))
+        CodeSet::from_codes(
+            trimmed
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .flat_map(|l| l.split(|c: char| c == ',' || c == ';' || c.is_whitespace())),
+        )
     }
 
     /// A set of the given codes (trimmed; empty ones skipped).
@@ -345,7 +351,19 @@ mod tests {
         let b = CodeSet::parse("\u{feff}# valid codes\nSPRING618\r\n\n  save50now\n");
         assert_eq!(a, b);
         assert!(CodeSet::parse("").is_empty());
-        assert!(CodeSet::parse("[not json").contains("[NOT JSON"));
+        assert!(CodeSet::parse("[not-json").contains("[NOT-JSON"));
+        // regression: `SPRING618,GROUP3` typed into the dashboard was one code, so every real
+        // code was replaced in replies.
+        for typed in [
+            "SPRING618,GROUP3",
+            "SPRING618, GROUP3",
+            "SPRING618;GROUP3",
+            "SPRING618 GROUP3",
+        ] {
+            let c = CodeSet::parse(typed);
+            assert_eq!(c.len(), 2, "{typed}");
+            assert!(c.contains("GROUP3"), "{typed}");
+        }
     }
 
     #[test]

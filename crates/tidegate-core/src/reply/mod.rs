@@ -218,6 +218,22 @@ impl ReplyFilter {
         out
     }
 
+    /// Keeps the OpenAI usage chunk (empty `choices`, a `usage` object) from the client when
+    /// `hide` is true (the gateway asked for it, the client did not: [`Forward::usage_added`]);
+    /// its figures still count for the budget.
+    ///
+    /// [`Forward::usage_added`]: crate::gateway::Forward::usage_added
+    pub fn hiding_usage(mut self, hide: bool) -> Self {
+        if let Mode::Stream {
+            shape: StreamShape::OpenAi(s),
+            ..
+        } = &mut self.mode
+        {
+            s.hide_usage = hide;
+        }
+        self
+    }
+
     /// The origin's body ended; `upstream_ok` is false when the connection broke or timed
     /// out. Returns the last bytes to send: held-back text, and for an unfinished stream the
     /// error event; for a whole reply, the whole (rewritten) body. Later calls return nothing.
@@ -241,7 +257,12 @@ impl ReplyFilter {
                 last_was_error,
             } => {
                 let mut events = Vec::new();
-                parser.finish(&mut events);
+                parser.finish(&mut events, |ev| {
+                    ev.data_str().is_some_and(|d| {
+                        d.trim() == "[DONE]"
+                            || serde_json::from_str::<serde::de::IgnoredAny>(d).is_ok()
+                    })
+                });
                 for ev in &events {
                     relay(s, ev, &mut cx, &mut out, terminated, last_was_error);
                 }

@@ -22,6 +22,8 @@ pub(crate) struct Stream {
     choices: Vec<(u64, Scanner)>,
     /// `id`, `model`, `created`... of the first chunk, for chunks the filter adds.
     envelope: Option<Map<String, Value>>,
+    /// Read the usage chunk (empty `choices`, a `usage` object) but do not relay it.
+    pub(crate) hide_usage: bool,
 }
 
 impl Stream {
@@ -60,6 +62,12 @@ impl Stream {
         }
         if let Some(u) = obj.get("usage").and_then(Usage::from_json) {
             cx.report.usage = Some(u);
+            let no_choices = obj
+                .get("choices")
+                .is_none_or(|c| c.as_array().is_some_and(Vec::is_empty));
+            if self.hide_usage && no_choices {
+                return Seen::Other;
+            }
         }
         let mut changed = false;
         if let Some(Value::Array(choices)) = obj.get_mut("choices") {

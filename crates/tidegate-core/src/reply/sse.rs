@@ -123,12 +123,18 @@ impl Parser {
         Ok(())
     }
 
-    /// The stream ended: an unfinished last line or event is taken as finished (origins
-    /// sometimes omit the final blank line).
-    pub(crate) fn finish(&mut self, events: &mut Vec<Event>) {
-        if self.pending_cr || !self.line.is_empty() {
+    /// The stream ended: an unfinished last event is taken as finished (origins sometimes
+    /// omit the final blank line), unless its last line was cut short and `whole` says the
+    /// event is not whole (half a JSON object, say): a client could not parse it, so it is
+    /// dropped.
+    pub(crate) fn finish(&mut self, events: &mut Vec<Event>, whole: impl Fn(&Event) -> bool) {
+        let cut_mid_line = !self.line.is_empty();
+        if self.pending_cr || cut_mid_line {
             self.pending_cr = false;
             self.end_line(events);
+        }
+        if cut_mid_line && !whole(&self.cur) {
+            self.cur = Event::default();
         }
         if !self.cur.raw.is_empty() {
             // A missing blank line: complete the event so the client dispatches it too.

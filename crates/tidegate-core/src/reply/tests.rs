@@ -257,13 +257,36 @@ fn regression_origin_dying_mid_stream_is_not_a_clean_answer() {
             assert!(!r.is_clean());
         }
     }
-    // Cut in the middle of an event line: the partial event is still relayed, then the error.
-    let bytes = openai_sse(&["abc def"], false, true);
+}
+
+#[test]
+fn regression_an_event_cut_mid_line_is_dropped_not_relayed_half_written() {
+    // A tester saw `data: {"choices":[...` (half a JSON object) dispatched to the client
+    // before the error event: an SDK fails on the bad JSON before it sees the error.
+    let bytes = openai_sse(&["abc def"], false, false);
+    for ok in [false, true] {
+        let mut f = stream_filter(Shape::OpenAi);
+        let mut out = f.push(&bytes[..bytes.len() - 12]);
+        out.extend(f.finish(ok));
+        let text = String::from_utf8_lossy(&out).into_owned();
+        for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            assert!(
+                serde_json::from_str::<Value>(line).is_ok(),
+                "a data line the client cannot parse: {line:?} in {text:?}"
+            );
+        }
+        assert!(
+            text.contains("abc def"),
+            "whole events before the cut are relayed"
+        );
+        assert!(text.contains("stream_cut"));
+        assert_eq!(f.report().end, End::Cut);
+    }
+    // A last event whose data is whole but whose line ending never came is kept.
     let mut f = stream_filter(Shape::OpenAi);
-    f.push(&bytes[..bytes.len() - 12]);
-    let out = f.finish(false);
-    assert!(String::from_utf8_lossy(&out).contains("stream_cut"));
-    assert_eq!(f.report().end, End::Cut);
+    let mut out = f.push(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tail\"}}]}");
+    out.extend(f.finish(true));
+    assert!(String::from_utf8_lossy(&out).contains("tail"));
 }
 
 #[test]
@@ -313,6 +336,26 @@ fn dify_message_replace_is_validated() {
     assert_eq!(r.text, want);
     assert_eq!(r.codes_replaced, 1);
     assert_eq!(r.end, End::Complete);
+}
+
+#[test]
+fn a_hidden_usage_chunk_still_counts_but_never_reaches_the_client() {
+    let bytes = openai_sse(&["hi"], true, true);
+    let mut f = stream_filter(Shape::OpenAi).hiding_usage(true);
+    let (outs, last) = drive(&mut f, &bytes, &[7, 40, 200], true);
+    let out: Vec<u8> = outs.into_iter().flatten().chain(last).collect();
+    let events = data_events(&out);
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\"")),
+        "{events:?}"
+    );
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(f.report().usage.map(|u| u.total_tokens), Some(33));
+    // Not hidden by default.
+    let mut f = stream_filter(Shape::OpenAi);
+    let (outs, last) = drive(&mut f, &bytes, &[7], true);
+    let out: Vec<u8> = outs.into_iter().flatten().chain(last).collect();
+    assert!(data_events(&out).iter().any(|e| e.contains("\"usage\"")));
 }
 
 #[test]
