@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
-bin=target/debug
+bin=${CARGO_TARGET_DIR:-$PWD/target}/debug
 entry=crates/tidegate-worker/build/index.js
 [ -f "$entry" ] || { echo "no $entry: run scripts/e2e-worker first" >&2; exit 1; }
 work=$(mktemp -d)

@@ -402,10 +402,16 @@ pub const TURNSTILE_TEST_SECRETS: [&str; 3] = [
 impl Config {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|e| toml_error(text, e))?;
+        let cfg = Config::parse_toml(text)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses without [`Config::validate`] (for hosts that lay secrets over the config
+    /// first); errors name the field as [`Config::from_toml`]'s do.
+    pub fn parse_toml(text: &str) -> Result<Config, ConfigError> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| toml_error(text, e))
     }
 
     /// Checks what serde cannot.

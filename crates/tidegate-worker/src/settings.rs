@@ -46,12 +46,8 @@ pub fn load(
     flags_ttl: Option<&str>,
 ) -> Result<Settings, ConfigError> {
     let mut config = match config_text.map(str::trim).filter(|t| !t.is_empty()) {
-        // Validation waits until the secrets are in; a syntax or type error is reported by the
-        // core's parser, which names the field.
-        Some(t) => match toml::from_str::<Config>(t) {
-            Ok(c) => c,
-            Err(_) => return Err(Config::from_toml(t).err().unwrap_or_else(unreadable)),
-        },
+        // Validation waits until the secrets are in.
+        Some(t) => Config::parse_toml(t)?,
         None => Config::default(),
     };
     for (name, field) in SECRETS {
@@ -94,13 +90,6 @@ pub fn load(
         validator,
         flags_ttl_secs,
     })
-}
-
-fn unreadable() -> ConfigError {
-    ConfigError {
-        field: String::new(),
-        message: "unreadable TOML".into(),
-    }
 }
 
 /// The `cacheTtl` to pass to KV for a per-isolate TTL (KV refuses values under 60 s).
