@@ -49,6 +49,21 @@ fn bench(c: &mut Criterion) {
     assert_eq!(kb.len(), ENTRIES);
     eprintln!("1,000-entry artefact: {} bytes", artifact.len());
     let cfg = FaqConfig::default();
+    // `FAQ_LOOPS=N FAQ_QUERY=TEXT`: time N lookups of one question outside criterion and exit
+    // (run it under `perf stat -e task-clock` for CPU time on a shared machine).
+    if let Ok(n) = std::env::var("FAQ_LOOPS") {
+        let n: usize = n.parse().unwrap();
+        let q = std::env::var("FAQ_QUERY").unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            black_box(kb.lookup(black_box(&q), None, &cfg));
+        }
+        eprintln!(
+            "{:.2} us per lookup",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+        std::process::exit(0);
+    }
     c.bench_function("faq/lookup 1000 entries (en)", |b| {
         b.iter(|| {
             kb.lookup(

@@ -45,6 +45,10 @@ pub enum KbCommand {
         /// Serving threshold on the lead over the runner-up (default: `[faq] min_margin`).
         #[arg(long)]
         min_margin: Option<f32>,
+        /// Entries with fewer phrasings need a larger lead (default: `[faq]
+        /// evidence_phrasings`; 0 turns it off).
+        #[arg(long)]
+        evidence_phrasings: Option<u32>,
     },
     /// Upload a JSONL knowledge base to a running gateway (built and checked there).
     Push {
@@ -97,6 +101,7 @@ pub fn run(cmd: KbCommand) -> Result<()> {
             sweep,
             min_score,
             min_margin,
+            evidence_phrasings,
         } => {
             let mut cfg = FaqConfig::default();
             if let Some(s) = min_score {
@@ -104,6 +109,9 @@ pub fn run(cmd: KbCommand) -> Result<()> {
             }
             if let Some(m) = min_margin {
                 cfg.min_margin = m;
+            }
+            if let Some(n) = evidence_phrasings {
+                cfg.evidence_phrasings = n;
             }
             if let Err((field, msg)) = cfg.validate() {
                 bail!("--{}: {msg}", field.replace('_', "-"));
@@ -187,6 +195,8 @@ struct Scored {
     id: String,
     score: f32,
     conflict: bool,
+    /// Phrasings of the entry.
+    phrasings: u32,
 }
 
 /// One query in the JSON report.
@@ -203,6 +213,7 @@ struct QueryResult {
 struct AtThreshold {
     min_score: f32,
     min_margin: f32,
+    evidence_phrasings: u32,
     /// Served answerable queries / answerable queries.
     coverage: f64,
     /// Right answers / all answers served (answerable and should-miss queries alike).
@@ -246,11 +257,13 @@ fn outcome(
     results: &[(Option<String>, Vec<Scored>)],
     min_score: f32,
     min_margin: f32,
+    evidence_phrasings: u32,
 ) -> AtThreshold {
     let cfg = FaqConfig {
         enabled: true,
         min_score,
         min_margin,
+        evidence_phrasings,
     };
     let (mut right, mut wrong, mut miss_served, mut answerable, mut should_miss) = (0, 0, 0, 0, 0);
     for (expected, top) in results {
@@ -277,6 +290,7 @@ fn outcome(
     AtThreshold {
         min_score,
         min_margin,
+        evidence_phrasings,
         coverage: ratio(right + wrong, answerable),
         precision: ratio(right, served),
         false_serve_rate: ratio(miss_served, should_miss),
@@ -296,6 +310,7 @@ fn served_by(top: &[Scored], cfg: &FaqConfig) -> Option<String> {
             answer: "",
             score: s.score,
             conflict: s.conflict,
+            phrasings: s.phrasings,
         })
         .collect();
     KnowledgeBase::decide(&ranked, cfg).map(|h| h.id.to_owned())
@@ -337,6 +352,7 @@ fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Re
                 id: c.id.to_owned(),
                 score: c.score,
                 conflict: c.conflict,
+                phrasings: c.phrasings,
             })
             .collect();
         results.push((q.expected.clone(), top));
@@ -354,12 +370,22 @@ fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Re
             }
         }
     }
-    let at = outcome(&results, cfg.min_score, cfg.min_margin);
+    let at = outcome(
+        &results,
+        cfg.min_score,
+        cfg.min_margin,
+        cfg.evidence_phrasings,
+    );
     let mut grid = Vec::new();
     if sweep {
         for s in 0..=24 {
             for m in [0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20] {
-                grid.push(outcome(&results, 0.30 + 0.025 * s as f32, m));
+                grid.push(outcome(
+                    &results,
+                    0.30 + 0.025 * s as f32,
+                    m,
+                    cfg.evidence_phrasings,
+                ));
             }
         }
     }
@@ -409,8 +435,8 @@ impl Report {
         out.push_str(&format!("top-1 accuracy   {}\n", pct(self.top1_accuracy)));
         let a = &self.at_serving_threshold;
         out.push_str(&format!(
-            "at min_score {:.2}, min_margin {:.2}:\n",
-            a.min_score, a.min_margin
+            "at min_score {:.2}, min_margin {:.2}, evidence_phrasings {}:\n",
+            a.min_score, a.min_margin, a.evidence_phrasings
         ));
         out.push_str(&format!(
             "  coverage       {}  ({} of {} answerable served)\n",

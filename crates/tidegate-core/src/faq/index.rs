@@ -10,29 +10,35 @@
 //! nothing, and a phrasing shared by two entries (after normalisation). A phrasing repeated
 //! within one entry is kept once.
 //!
-//! # Artefact format (version 2, integers are LEB128 varints unless noted)
+//! # Artefact format (version 3, integers are LEB128 varints unless noted)
 //! ```text
-//! "TGKB" | format: u8 = 2 | content hash: u64 LE (FNV-1a 64 of everything after it)
+//! "TGKB" | format: u8 = 3 | content hash: u64 LE (FNV-1a 64 of everything after it)
 //! entries: n, then per entry: id, answer, locale ("" = any), n tags + tags, n phrasings
 //! vocabulary: n, then n term hashes as u64 LE, ascending
 //! phrasings (in entry order): negated: u8, flip bits, n terms, then n times
 //!     (term index delta from the previous one, term count)
+//! word groups: n, then per group (ascending keys): key: u64 LE, n terms, then n term index
+//!     deltas (ascending)
 //! strings: byte length, then UTF-8
 //! ```
+//! A word group is the stem and character n-grams of one word as written in some phrasing,
+//! keyed by a hash of the word: the matcher scores a query word's group through one posting
+//! list instead of one per term (see [`Index::group_postings`]).
 //! The artefact stores term hashes and counts, not phrasing text: loading derives weights and
 //! posting lists in one pass without tokenising anything. The version is the content hash in
 //! hex, so any change to the knowledge base (or to how it is tokenised) yields a new version.
-//! Format 1 (character 3- to 5-grams) is refused with a message asking for a rebuild: its term
-//! hashes would not match the terms of today's queries.
+//! Older formats are refused with a message asking for a rebuild: format 1 stored character 3-
+//! to 5-grams, whose hashes would not match today's query terms, and format 2 has no word
+//! groups.
 
 use super::normalize::normalize;
-use super::tokenize::{markers, terms, Fnv, Kind, Markers};
+use super::tokenize::{group_key, markers, terms, word_group, words, Fnv, Kind, Markers};
 use serde::Deserialize;
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 
 const MAGIC: &[u8; 4] = b"TGKB";
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
 const HEADER_LEN: usize = 4 + 1 + 8;
 /// Longest accepted id, answer and phrasing, in bytes.
 const MAX_ID: usize = 200;
@@ -97,6 +103,9 @@ pub fn build_artifact(jsonl: &str) -> Result<Vec<u8>, Vec<BuildError>> {
     let mut entries: Vec<BuiltEntry> = Vec::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut owners: HashMap<String, (String, usize)> = HashMap::new();
+    // Word groups by key (see the module documentation).
+    let mut groups: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut group_terms: Vec<u64> = Vec::new();
     for (idx, raw) in jsonl.lines().enumerate() {
         let line = idx + 1;
         if raw.trim().is_empty() {
@@ -173,6 +182,15 @@ pub fn build_artifact(jsonl: &str) -> Result<Vec<u8>, Vec<BuildError>> {
                 }
             }
             phrasings.push((markers(&norm), counted_terms(&norm)));
+            for word in words(&norm) {
+                let key = group_key(word);
+                if let MapEntry::Vacant(slot) = groups.entry(key) {
+                    word_group(word, &mut group_terms);
+                    if !group_terms.is_empty() {
+                        slot.insert(group_terms.clone());
+                    }
+                }
+            }
             seen.push(norm);
         }
         let locale = src
@@ -196,7 +214,7 @@ pub fn build_artifact(jsonl: &str) -> Result<Vec<u8>, Vec<BuildError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(encode(&entries))
+    Ok(encode(&entries, &groups))
 }
 
 /// Terms of normalised text with their counts, sorted by hash.
@@ -214,7 +232,7 @@ pub(crate) fn counted_terms(norm: &str) -> Vec<(u64, u32)> {
     out
 }
 
-fn encode(entries: &[BuiltEntry]) -> Vec<u8> {
+fn encode(entries: &[BuiltEntry], groups: &HashMap<u64, Vec<u64>>) -> Vec<u8> {
     let mut vocab: Vec<u64> = entries
         .iter()
         .flat_map(|e| e.phrasings.iter())
@@ -251,6 +269,26 @@ fn encode(entries: &[BuiltEntry]) -> Vec<u8> {
                 put_varint(&mut body, u64::from(*n));
                 prev = idx;
             }
+        }
+    }
+    let mut keys: Vec<u64> = groups.keys().copied().collect();
+    keys.sort_unstable();
+    put_varint(&mut body, keys.len() as u64);
+    for key in keys {
+        body.extend_from_slice(&key.to_le_bytes());
+        let mut idxs: Vec<u64> = groups
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| vocab.binary_search(h).ok())
+            .map(|i| i as u64)
+            .collect();
+        idxs.sort_unstable();
+        put_varint(&mut body, idxs.len() as u64);
+        let mut prev = 0u64;
+        for i in idxs {
+            put_varint(&mut body, i - prev);
+            prev = i;
         }
     }
     let mut fnv = Fnv::new();
@@ -363,11 +401,44 @@ pub(crate) struct EntryData {
 }
 
 /// A sparse matrix in compressed rows: row `r` is `items[offs[r]..offs[r + 1]]`, each item a
-/// (column, value) pair, so one posting is one eight-byte read.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Postings {
+/// (column, value) pair by default, so one posting is one eight-byte read. Rows that reach a
+/// large share of the columns also have a dense copy (see [`Postings::densify`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Postings<T = (u32, f32)> {
     pub offs: Vec<u32>,
-    pub items: Vec<(u32, f32)>,
+    pub items: Vec<T>,
+    /// Per row: its index in `dense`, or `u32::MAX` for none (empty: no dense rows).
+    dense_of: Vec<u32>,
+    /// Dense rows, `width` values each.
+    dense: Vec<f32>,
+    width: usize,
+}
+
+impl<T> Default for Postings<T> {
+    fn default() -> Self {
+        Postings {
+            offs: vec![0],
+            items: Vec::new(),
+            dense_of: Vec::new(),
+            dense: Vec::new(),
+            width: 0,
+        }
+    }
+}
+
+impl<T> Postings<T> {
+    /// Appends a row.
+    fn push_row(&mut self, row: impl IntoIterator<Item = T>) {
+        self.items.extend(row);
+        self.offs.push(self.items.len() as u32);
+    }
+
+    /// Row `r` (empty for a row out of range).
+    pub(crate) fn row(&self, r: usize) -> &[T] {
+        let a = self.offs.get(r).copied().unwrap_or(0) as usize;
+        let b = self.offs.get(r + 1).copied().unwrap_or(0) as usize;
+        self.items.get(a..b).unwrap_or(&[])
+    }
 }
 
 impl Postings {
@@ -391,16 +462,67 @@ impl Postings {
                 *slot += 1;
             }
         }
-        Postings { offs, items }
+        Postings {
+            offs,
+            items,
+            ..Postings::default()
+        }
     }
 
-    /// The postings of `term` (empty for a term out of range).
-    pub(crate) fn row(&self, term: usize) -> &[(u32, f32)] {
-        let a = self.offs.get(term).copied().unwrap_or(0) as usize;
-        let b = self.offs.get(term + 1).copied().unwrap_or(0) as usize;
-        self.items.get(a..b).unwrap_or(&[])
+    /// Gives every row with at least one posting in [`DENSE_SHARE`] of the `width` columns a
+    /// dense copy: adding a dense row is a straight loop the compiler vectorises, several
+    /// times faster than scattering that many postings (`i` and `my` reach half of all
+    /// phrasings).
+    fn densify(&mut self, width: usize) {
+        let rows = self.offs.len().saturating_sub(1);
+        let min = (width / DENSE_SHARE).max(DENSE_MIN);
+        self.width = width;
+        self.dense_of = vec![u32::MAX; rows];
+        self.dense.clear();
+        let mut n = 0u32;
+        for r in 0..rows {
+            let (a, b) = (self.offs[r] as usize, self.offs[r + 1] as usize);
+            if b - a < min {
+                continue;
+            }
+            let start = self.dense.len();
+            self.dense.resize(start + width, 0.0);
+            for (c, v) in &self.items[a..b] {
+                if let Some(slot) = self.dense.get_mut(start + *c as usize) {
+                    *slot = *v;
+                }
+            }
+            self.dense_of[r] = n;
+            n += 1;
+        }
+    }
+
+    /// Adds `w` times row `r` to `acc` (one value per column).
+    pub(crate) fn add_row(&self, r: usize, w: f32, acc: &mut [f32]) {
+        let dense = self.dense_of.get(r).copied().unwrap_or(u32::MAX) as usize;
+        if let Some(row) = self.dense.get(dense * self.width..(dense + 1) * self.width) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += w * v;
+            }
+            return;
+        }
+        for (c, v) in self.row(r) {
+            if let Some(a) = acc.get_mut(*c as usize) {
+                *a += w * v;
+            }
+        }
     }
 }
+
+/// A word group gets a posting list if its terms have one posting per this many phrasings...
+const GROUP_MIN_SHARE: usize = 8;
+/// ... and at least this many.
+const GROUP_MIN_POSTINGS: usize = 64;
+
+/// A posting list reaching at least one column in this many gets a dense copy.
+const DENSE_SHARE: usize = 4;
+/// ... and at least this many columns (small knowledge bases keep sparse rows only).
+const DENSE_MIN: usize = 256;
 
 /// The searchable index.
 #[derive(Clone, Debug, Default)]
@@ -417,6 +539,16 @@ pub(crate) struct Index {
     pub phrasing_markers: Vec<Markers>,
     /// term -> (phrasing, weight in the phrasing's unit vector).
     pub by_phrasing: Postings,
+    /// Word-group keys, ascending (see the module documentation).
+    pub group_keys: Vec<u64>,
+    /// Per group, its term indices, ascending.
+    pub group_terms: Postings<u32>,
+    /// group -> (phrasing, sum over the group's terms t of kind weight(t) x idf(t) x the
+    /// phrasing's weight for t). A query word whose group terms each occur once in the query
+    /// adds `q_scale` times this to each phrasing's cosine: the sum its terms' posting lists
+    /// would add one by one, in one pass (common words such as `card` have four terms with
+    /// thousands of postings each, mostly the same phrasings).
+    pub group_postings: Postings,
 }
 
 /// Weight of a term occurring `count` times (sublinear).
@@ -511,17 +643,52 @@ impl Index {
                 phrasing_markers.push(m);
             }
         }
+        let n_groups = r.count(9)?;
+        let mut group_keys = Vec::with_capacity(n_groups);
+        let mut group_terms: Postings<u32> = Postings::default();
+        let mut members: Vec<u32> = Vec::new();
+        for _ in 0..n_groups {
+            let key = r.u64_le()?;
+            if group_keys.last().is_some_and(|last| *last >= key) {
+                return Err(r.err("word groups out of order"));
+            }
+            group_keys.push(key);
+            let n = r.count(1)?;
+            members.clear();
+            let mut idx = 0u64;
+            for i in 0..n {
+                let delta = r.varint()?;
+                if i > 0 && delta == 0 {
+                    return Err(r.err("repeated term"));
+                }
+                idx = idx
+                    .checked_add(delta)
+                    .ok_or_else(|| r.err("term index overflow"))?;
+                if idx >= n_terms as u64 {
+                    return Err(r.err("term index out of range"));
+                }
+                members.push(idx as u32);
+            }
+            group_terms.push_row(members.iter().copied());
+        }
         if r.pos != body.len() {
             return Err(r.err("trailing bytes"));
         }
-        Ok(Self::assemble(
+        let mut index = Self::assemble(
             version_of(hash),
             entries,
             terms,
             rows,
             phrasing_entry,
             phrasing_markers,
-        ))
+        );
+        index.group_postings = group_postings(&index, &group_terms);
+        let width = index.phrasing_entry.len();
+        index.by_phrasing.densify(width);
+        index.group_postings.densify(width);
+        index.group_keys = group_keys;
+        index.group_terms = group_terms;
+        Ok(index)
     }
 
     fn assemble(
@@ -598,8 +765,69 @@ impl Index {
             idf_unknown,
             phrasing_entry,
             phrasing_markers,
+            group_keys: Vec::new(),
+            group_terms: Postings::default(),
+            group_postings: Postings::default(),
         }
     }
+}
+
+/// The posting list of every word group (see [`Index::group_postings`]), from the term
+/// posting lists. Only groups whose terms have at least [`GROUP_MIN_SHARE`] of the phrasings'
+/// postings between them get one (the others' rows are empty, and the matcher walks their
+/// terms' lists): rare words gain nothing, and building every group would make loading
+/// several times slower.
+fn group_postings(idx: &Index, groups: &Postings<u32>) -> Postings {
+    let n_groups = groups.offs.len().saturating_sub(1);
+    let mut out = Postings::default();
+    let mut acc = vec![0f32; idx.phrasing_entry.len()];
+    let mut touched: Vec<u32> = Vec::new();
+    let min = (idx.phrasing_entry.len() / GROUP_MIN_SHARE).max(GROUP_MIN_POSTINGS);
+    for g in 0..n_groups {
+        let postings: usize = groups
+            .row(g)
+            .iter()
+            .map(|t| idx.by_phrasing.row(*t as usize).len())
+            .sum();
+        if postings < min {
+            out.push_row([]);
+            continue;
+        }
+        for t in groups.row(g) {
+            let t = *t as usize;
+            let kind_idf = idx
+                .vocab
+                .get(t)
+                .and_then(|h| Kind::of(*h))
+                .map_or(0.0, Kind::weight)
+                * idx.idf.get(t).copied().unwrap_or(0.0);
+            for (p, v) in idx.by_phrasing.row(t) {
+                if let Some(slot) = acc.get_mut(*p as usize) {
+                    if *slot == 0.0 {
+                        touched.push(*p);
+                    }
+                    *slot += kind_idf * v;
+                }
+            }
+        }
+        if touched.len() > acc.len() / 16 {
+            // Many phrasings: one pass over all of them beats sorting the touched ones.
+            touched.clear();
+            out.push_row(
+                acc.iter_mut()
+                    .enumerate()
+                    .filter(|(_, v)| **v != 0.0)
+                    .map(|(p, v)| (p as u32, std::mem::take(v))),
+            );
+        } else {
+            touched.sort_unstable();
+            out.push_row(touched.drain(..).map(|p| {
+                let v = acc.get_mut(p as usize).map_or(0.0, std::mem::take);
+                (p, v)
+            }));
+        }
+    }
+    out
 }
 
 fn normalise_vec(v: &mut [(u32, f32)]) {
@@ -680,13 +908,47 @@ not json
     }
 
     #[test]
-    fn refuses_a_format_1_artefact_with_a_rebuild_hint() {
-        // Format 1 stored 3- to 5-gram hashes: read today it would match nothing well.
-        let mut a = build_artifact(KB).unwrap();
-        a[4] = 1;
-        let e = Index::load(&a).unwrap_err();
-        assert!(e.0.contains("unsupported format 1 (expected 2)"), "{e}");
-        assert!(e.0.contains("tidegate kb build"), "{e}");
+    fn refuses_older_formats_with_a_rebuild_hint() {
+        // Format 1 stored 3- to 5-gram hashes, format 2 had no word groups.
+        for old in [1u8, 2] {
+            let mut a = build_artifact(KB).unwrap();
+            a[4] = old;
+            let e = Index::load(&a).unwrap_err();
+            assert!(
+                e.0.contains(&format!("unsupported format {old} (expected 3)")),
+                "{e}"
+            );
+            assert!(e.0.contains("tidegate kb build"), "{e}");
+        }
+    }
+
+    #[test]
+    fn word_groups_give_the_same_scores_as_their_terms() {
+        // Enough phrasings for `card` to get a group list and a dense row.
+        let mut src = String::new();
+        for i in 0..600 {
+            src.push_str(&format!(
+                "{{\"id\": \"e{i}\", \"questions\": [\"my card number {i} was declined\", \"card {i} arrived late\"], \"answer\": \"a\"}}\n"
+            ));
+        }
+        let idx = Index::load(&build_artifact(&src).unwrap()).unwrap();
+        let g = idx.group_keys.binary_search(&group_key("card")).unwrap();
+        assert!(!idx.group_postings.row(g).is_empty());
+        let mut plain = idx.clone();
+        plain.group_keys.clear();
+        for q in [
+            "my card was declined",
+            "card card declined",
+            "declined card 17",
+        ] {
+            let a = crate::faq::matcher::rank(&idx, q, None, 5);
+            let b = crate::faq::matcher::rank(&plain, q, None, 5);
+            assert_eq!(a.len(), b.len(), "{q}");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.id, y.id, "{q}");
+                assert!((x.score - y.score).abs() < 1e-5, "{q}: {x:?} {y:?}");
+            }
+        }
     }
 
     #[test]

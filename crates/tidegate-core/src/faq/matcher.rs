@@ -20,14 +20,16 @@
 //!
 //! The decision ([`decide`]) serves the best entry only when all hold:
 //! - its score is at least `min_score`;
-//! - it leads the runner-up by at least `min_margin`;
+//! - it leads the runner-up (the better of the next two the query does not conflict with) by
+//!   at least `min_margin`, scaled up for an entry with few phrasings
+//!   (`FaqConfig::margin_for`);
 //! - the query does not take the opposite side of a meaning-flip pair from the entry as a
 //!   whole (the entry says only "disable", the query only "enable": no answer, however high
 //!   the score).
 
 use super::index::{tf_weight, EntryData, Index};
 use super::normalize::normalize;
-use super::tokenize::{markers, terms, Kind};
+use super::tokenize::{group_key, markers, terms, words, Kind};
 use super::{FaqConfig, Hit};
 
 /// Share of the nearest-phrasing cosine in an entry's score (the rest is the centroid).
@@ -46,6 +48,8 @@ pub struct Candidate<'a> {
     pub score: f32,
     /// The query takes the opposite side of a meaning-flip pair from this entry: never served.
     pub conflict: bool,
+    /// Number of phrasings of the entry (the evidence behind its score).
+    pub phrasings: u32,
 }
 
 fn locale_ok(entry: &EntryData, query: Option<&str>) -> bool {
@@ -79,8 +83,9 @@ pub(crate) fn rank<'a>(
     terms(&norm, &mut hashes);
     hashes.sort_unstable();
 
-    // Query vector: known terms with their index, and the norm over all terms.
-    let mut known: Vec<(u32, f32)> = Vec::with_capacity(hashes.len());
+    // Query vector: known terms with their index, weight and count (ascending: the vocabulary
+    // is sorted by hash), and the norm over all terms.
+    let mut known: Vec<(u32, f32, u32)> = Vec::with_capacity(hashes.len());
     let mut norm_sq = 0.0f32;
     for run in hashes.chunk_by(|a, b| a == b) {
         let Some(&h) = run.first() else { continue };
@@ -90,7 +95,7 @@ pub(crate) fn rank<'a>(
             Ok(t) => {
                 let w = kind_w * tf * idx.idf.get(t).copied().unwrap_or(0.0);
                 norm_sq += w * w;
-                known.push((t as u32, w));
+                known.push((t as u32, w, run.len() as u32));
             }
             Err(_) => {
                 let w = kind_w * tf * idx.idf_unknown;
@@ -105,18 +110,43 @@ pub(crate) fn rank<'a>(
 
     // Cosine with every phrasing, term at a time. The centroid cosines follow from these (see
     // `EntryData::centroid_scale`), so this is the only pass over posting lists.
-    // TODO(#4): this pass is still about half of a lookup (~75 us wall, ~50 us CPU at 1,000
-    // entries / 7,000 phrasings on the shared 2-core machine, against a 50 us target): common
-    // words (`card`, `my`) and their 4-grams reach most phrasings. Dropping them loses 0.05 of
-    // MRR@5 on dev; bounding their share (max-score style) or dense columns for them is next.
+    // TODO(#4): a lookup is ~30 us CPU at 1,000 entries / 7,000 phrasings (target 50 us wall):
+    // this pass (~18,000 postings for an 11-word question) and the per-entry pass below, which
+    // visits every phrasing because `i` and `my` reach most of them. Skipping entries that
+    // cannot reach `min_score - min_margin` (a max-score bound per entry) is the next step.
     let mut by_phrasing = vec![0.0f32; idx.phrasing_entry.len()];
-    for (t, w) in &known {
-        let w = w * q_scale;
-        for (c, v) in idx.by_phrasing.row(*t as usize) {
-            if let Some(acc) = by_phrasing.get_mut(*c as usize) {
-                *acc += w * v;
+    // A word whose terms (stem and character n-grams) each occur once in the query adds its
+    // group's precomputed posting list instead of one list per term (`Index::group_postings`):
+    // the same sums in a third of the work for common words. Its terms are then marked done
+    // (count 0).
+    for word in words(&norm) {
+        let Ok(g) = idx.group_keys.binary_search(&group_key(word)) else {
+            continue;
+        };
+        let members = idx.group_terms.row(g);
+        if idx.group_postings.row(g).is_empty() {
+            // A rare word: no group list was built (see `index::group_postings`).
+            continue;
+        }
+        let once = |t: &u32| {
+            let i = known.binary_search_by_key(t, |k| k.0);
+            i.ok().and_then(|i| known.get(i)).is_some_and(|k| k.2 == 1)
+        };
+        if !members.iter().all(once) {
+            continue;
+        }
+        for t in members {
+            if let Ok(i) = known.binary_search_by_key(t, |k| k.0) {
+                if let Some(k) = known.get_mut(i) {
+                    k.2 = 0;
+                }
             }
         }
+        idx.group_postings.add_row(g, q_scale, &mut by_phrasing);
+    }
+    for (t, w, _) in known.iter().filter(|k| k.2 != 0) {
+        idx.by_phrasing
+            .add_row(*t as usize, w * q_scale, &mut by_phrasing);
     }
 
     // The `k` best (score, entry), best first; on equal scores the earlier entry stays ahead.
@@ -162,6 +192,7 @@ pub(crate) fn rank<'a>(
                 answer: &entry.answer,
                 score: *score,
                 conflict: q_markers.flip_conflict(&entry.markers),
+                phrasings: entry.phrasings.1.saturating_sub(entry.phrasings.0),
             })
         })
         .collect()
@@ -174,9 +205,21 @@ pub(crate) fn decide<'a>(ranked: &[Candidate<'a>], cfg: &FaqConfig) -> Option<Hi
         return None;
     }
     let best = ranked.first()?;
-    let runner_up = ranked.get(1).map_or(0.0, |c| c.score);
-    let serve =
-        !best.conflict && best.score >= cfg.min_score && best.score - runner_up >= cfg.min_margin;
+    // The runner-up is the better of the next two that the query does not conflict with: an
+    // entry on the other side of a flip pair is never served for this query, so being
+    // lexically close to it is no doubt about the answer ("I opened the book" is close to
+    // "I haven't opened the book"). If both conflict, the second one's score stands in as a
+    // bound for the rest. Only the first three candidates count, so that a ranking of three
+    // (lookup) and of five (evaluation) decide alike.
+    let next = ranked.get(1..3).unwrap_or(ranked.get(1..).unwrap_or(&[]));
+    let runner_up = next
+        .iter()
+        .find(|c| !c.conflict)
+        .or(next.last())
+        .map_or(0.0, |c| c.score);
+    let serve = !best.conflict
+        && best.score >= cfg.min_score
+        && best.score - runner_up >= cfg.margin_for(best.phrasings);
     serve.then_some(Hit {
         id: best.id,
         answer: best.answer,

@@ -161,8 +161,8 @@ const FLIP_GROUPS: &[(&[&str], &[&str])] = &[
         ],
     ),
     (
-        &["opened", "open", "拆封", "已拆封", "拆开"],
-        &["unopened", "sealed", "未拆封", "没拆封"],
+        &["opened", "open", "拆封", "已拆封", "拆开", "开封", "已开封"],
+        &["unopened", "sealed", "未拆封", "没拆封", "未开封", "没开封"],
     ),
     (
         &[
@@ -217,6 +217,42 @@ const FLIP_GROUPS: &[(&[&str], &[&str])] = &[
     (&["verified", "verify"], &["unverified"]),
     (&["paid"], &["unpaid"]),
 ];
+
+/// Flip groups whose two sides are a state and its absence, so that a negated side A means
+/// side B: "haven't opened", "never opened", `没有拆封` are "unopened"; "not paid" is "unpaid".
+/// (Not so for actions: "can't log in" is not "log out", "I didn't enable it" is not a
+/// question about disabling, and `不退款` is not `退货`.) Indices into [`FLIP_GROUPS`].
+const STATE_GROUPS: &[usize] = &[1, 12, 13, 14];
+
+/// Words that negate what follows but never turn a state into its opposite (see
+/// [`STATE_GROUPS`]): ability and absence ("can't open it" is not "unopened").
+const NON_STATE_NEGATORS: &[&str] = &[
+    "cant", "cannot", "wont", "couldnt", "shouldnt", "wouldnt", "without", "nothing", "neither",
+    "nor", "unable",
+];
+
+/// CJK negations that do not turn a state into its opposite (`无法拆开`: cannot open).
+const CJK_NON_STATE_NEGATORS: &[&str] = &["无法", "别"];
+
+/// How far a negation reaches forward to a state flip term: the term is the next word or the
+/// one after ("haven't opened", "haven't even opened"); in CJK, the next character or the one
+/// after (`没拆开`, `没有拆封`).
+const NEGATION_REACH: usize = 2;
+
+/// Bits of both sides of every [`STATE_GROUPS`] group.
+fn state_mask() -> u64 {
+    STATE_GROUPS
+        .iter()
+        .fold(0u64, |m, g| m | (0b11u64 << (2 * g)))
+}
+
+/// `bits` with the sides of its state groups swapped.
+fn negate_states(bits: u64) -> u64 {
+    const A: u64 = 0x5555_5555_5555_5555;
+    let state = bits & state_mask();
+    let swapped = ((state & A) << 1) | ((state >> 1) & A);
+    (bits & !state_mask()) | swapped
+}
 
 // TODO(#4): CJK near-misses outside this list (one character apart, like 退款/退货) are
 // caught only by the score and margin; a build-time scan for one-character-apart bigrams of
@@ -354,9 +390,6 @@ pub(crate) fn terms(text: &str, sink: &mut impl Sink) {
         match run {
             Run::Word(word) => {
                 let s = stem(word);
-                let mut h = Fnv::new();
-                h.write(s.as_bytes());
-                sink.term(h.term(Kind::Word));
                 if let Some(p) = prev_stem {
                     let mut h = Fnv::new();
                     h.write(p.as_bytes());
@@ -365,7 +398,7 @@ pub(crate) fn terms(text: &str, sink: &mut impl Sink) {
                     sink.term(h.term(Kind::WordPair));
                 }
                 prev_stem = Some(s);
-                char_grams(word, sink);
+                word_terms(word, sink);
             }
             Run::Cjk(run) => {
                 prev_stem = None;
@@ -384,6 +417,44 @@ pub(crate) fn terms(text: &str, sink: &mut impl Sink) {
                 }
             }
         }
+    }
+}
+
+/// The terms of one word on its own: its stem and its character n-grams (not the pair with
+/// the previous word). [`terms`] gives these for every word.
+fn word_terms(word: &str, sink: &mut impl Sink) {
+    let mut h = Fnv::new();
+    h.write(stem(word).as_bytes());
+    sink.term(h.term(Kind::Word));
+    char_grams(word, sink);
+}
+
+/// The words of normalised `text` (not its CJK runs), in order.
+pub(crate) fn words(text: &str) -> impl Iterator<Item = &str> {
+    runs(text).filter_map(|r| match r {
+        Run::Word(w) => Some(w),
+        Run::Cjk(_) => None,
+    })
+}
+
+/// Key of the term group of `word` (see [`word_group`]): a hash of the word as written.
+pub(crate) fn group_key(word: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.write(word.as_bytes());
+    h.finish()
+}
+
+/// The terms of `word` on its own ([`word_terms`]) into `out`, sorted and without repeats,
+/// when it has more than one (a word with character n-grams); else `out` is left empty.
+/// The matcher scores such a group through one precomputed posting list instead of one list
+/// per term.
+pub(crate) fn word_group(word: &str, out: &mut Vec<u64>) {
+    out.clear();
+    word_terms(word, out);
+    out.sort_unstable();
+    out.dedup();
+    if out.len() < 2 {
+        out.clear();
     }
 }
 
@@ -422,17 +493,36 @@ fn char_grams(word: &str, sink: &mut impl Sink) {
 }
 
 /// Negation and meaning-flip markers of normalised `text`.
+///
+/// A negation right before a state flip term ([`STATE_GROUPS`], within [`NEGATION_REACH`])
+/// turns it into the other side and is used up: "I haven't opened the book" takes the
+/// "unopened" side and is not negated as a whole, so it matches "an unopened book" and
+/// conflicts with "an opened book".
 pub(crate) fn markers(text: &str) -> Markers {
     let table = flip_table();
     let mut m = Markers::default();
     let mut prev: Option<&str> = None;
-    for run in runs(text) {
+    // Negations not used up by a state term, and the word index of the last one that may be.
+    let mut negations = 0usize;
+    let mut state_negation: Option<usize> = None;
+    for (i, run) in runs(text).enumerate() {
         match run {
             Run::Word(word) => {
-                if NEGATORS.contains(&word) {
-                    m.negated = true;
+                let mut bits = table.bits(word);
+                if bits & state_mask() != 0
+                    && state_negation.is_some_and(|j| i - j <= NEGATION_REACH)
+                {
+                    bits = negate_states(bits);
+                    negations -= 1;
+                    state_negation = None;
                 }
-                m.flips |= table.bits(word);
+                m.flips |= bits;
+                if NEGATORS.contains(&word) {
+                    negations += 1;
+                    if !NON_STATE_NEGATORS.contains(&word) {
+                        state_negation = Some(i);
+                    }
+                }
                 if let Some(p) = prev {
                     // Two-word flip terms ("turn on") are short: a pair that does not fit the
                     // buffer is not one of them.
@@ -451,13 +541,14 @@ pub(crate) fn markers(text: &str) -> Markers {
             }
             Run::Cjk(run) => {
                 prev = None;
-                if CJK_NEGATORS.iter().any(|n| run.contains(n)) {
-                    m.negated = true;
-                }
-                m.flips |= table.cjk_bits(run);
+                state_negation = None;
+                let (bits, n) = table.cjk_markers(run);
+                m.flips |= bits;
+                negations += n;
             }
         }
     }
+    m.negated = negations > 0;
     m
 }
 
@@ -495,10 +586,15 @@ impl FlipTable {
             .map_or(0, |i| self.terms[i].1)
     }
 
-    /// Scans a CJK run left to right, taking the longest flip term at each position.
-    fn cjk_bits(&self, run: &str) -> u64 {
+    /// Scans a CJK run left to right, taking the longest flip term at each position: its
+    /// flip bits and how many negations it has that no state term used up (see [`markers`]).
+    fn cjk_markers(&self, run: &str) -> (u64, usize) {
         let mut bits = 0;
+        let mut negations = 0;
+        // Character index just after the last negation a state term may use up.
+        let mut state_negation: Option<usize> = None;
         let mut i = 0;
+        let mut chars = 0usize;
         while let Some(rest) = run.get(i..) {
             let Some(c) = rest.chars().next() else { break };
             let mut first = [0u8; 4];
@@ -510,15 +606,33 @@ impl FlipTable {
                 .take_while(|(t, _)| t.as_bytes().starts_with(first))
                 .filter(|(t, _)| rest.starts_with(t))
                 .max_by_key(|(t, _)| t.len());
-            match best {
-                Some((t, b)) => {
-                    bits |= b;
-                    i += t.len();
+            if let Some((t, b)) = best {
+                let mut b = *b;
+                if b & state_mask() != 0
+                    && state_negation.is_some_and(|end| chars - end < NEGATION_REACH)
+                {
+                    b = negate_states(b);
+                    negations -= 1;
+                    state_negation = None;
                 }
-                None => i += c.len_utf8(),
+                bits |= b;
+                i += t.len();
+                chars += t.chars().count();
+                continue;
             }
+            if let Some(n) = CJK_NEGATORS.iter().find(|n| rest.starts_with(**n)) {
+                negations += 1;
+                i += n.len();
+                chars += n.chars().count();
+                if !CJK_NON_STATE_NEGATORS.contains(n) {
+                    state_negation = Some(chars);
+                }
+                continue;
+            }
+            i += c.len_utf8();
+            chars += 1;
         }
-        bits
+        (bits, negations)
     }
 }
 
@@ -604,5 +718,53 @@ mod tests {
         assert!(!m("enable or disable alerts").flip_conflict(&m("disable alerts")));
         // A text without the pair does not conflict.
         assert!(!m("notifications settings").flip_conflict(&m("disable notifications")));
+    }
+
+    // Regression (fault class: opposite question): "I haven't opened the textbook" was read as
+    // "opened" (plus a negation that only lowered the score) and matched "return an opened book".
+    #[test]
+    fn regression_negated_state_takes_the_other_side() {
+        let opened = m("Can I return an opened textbook?");
+        let unopened = m("Can I return an unopened textbook?");
+        for q in [
+            "I haven't opened the textbook, can I return it?",
+            "never opened the book",
+            "the workbook has not been opened",
+            "I haven't even opened it",
+        ] {
+            assert!(m(q).flip_conflict(&opened), "{q}");
+            assert!(!m(q).flip_conflict(&unopened), "{q}");
+        }
+        // The negation is used up by the state: the question itself is not negated.
+        assert!(!m("I haven't opened the textbook, can I return it?").negated);
+        assert!(m("I haven't opened it and it is not working").negated);
+        let opened = m("已拆封的教材能退货吗");
+        for q in [
+            "我还没拆开教材，可以退吗",
+            "没有拆封的教材能退货吗",
+            "教材没拆封可以退吗",
+            "还没开封的书",
+        ] {
+            assert!(m(q).flip_conflict(&opened), "{q}");
+            assert!(!m(q).flip_conflict(&m("未拆封的教材能退吗")), "{q}");
+            assert!(!m(q).negated, "{q}");
+        }
+        assert!(m("not paid").flip_conflict(&m("paid invoice")));
+        assert!(!m("not paid").flip_conflict(&m("unpaid invoice")));
+    }
+
+    // Only states flip: an action that cannot be done is still that action ("can't log in" is
+    // a log-in question, `不退款` is not `退货`), and ability never turns a state around.
+    #[test]
+    fn negated_actions_keep_their_side() {
+        assert!(!m("I can't log in").flip_conflict(&m("how do I log in")));
+        assert!(m("I can't log in").flip_conflict(&m("how do I log out")));
+        assert!(!m("I didn't enable auto renew").flip_conflict(&m("enable auto renew")));
+        assert!(!m("为什么不退款").flip_conflict(&m("怎么退款")));
+        assert!(m("为什么不退款").flip_conflict(&m("怎么退货")));
+        assert!(!m("I can't open the book").flip_conflict(&m("opened book")));
+        assert!(!m("无法拆开包装").flip_conflict(&m("已拆封")));
+        // Too far from the negation: "not" does not reach "opened" three words on.
+        assert!(!m("not sure if the box was opened").flip_conflict(&m("opened box")));
     }
 }
