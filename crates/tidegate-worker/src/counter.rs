@@ -24,10 +24,30 @@ use worker::{
     ObjectNamespace, Request, RequestInit, Response, State,
 };
 
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::js_sys;
+use worker::wasm_bindgen_futures::JsFuture;
+
 use crate::edge::{deliver, env_text, FLAGS_BINDING};
 use crate::replay::{self, CasResult, Cell};
 use crate::watch::{self, Sweep, TierWatch};
 use crate::{settings, wire};
+
+#[wasm_bindgen]
+extern "C" {
+    /// The object's storage as JavaScript sees it.
+    type RawStorage;
+
+    /// `storage.put(key, value, options)`.
+    #[wasm_bindgen(method, catch, js_name = put)]
+    fn put_with(
+        this: &RawStorage,
+        key: &str,
+        value: JsValue,
+        options: &js_sys::Object,
+    ) -> Result<js_sys::Promise, JsValue>;
+}
 
 /// Durable Object binding of the counters.
 pub const COUNTERS_BINDING: &str = "COUNTERS";
@@ -39,6 +59,8 @@ const NAME_KEY: &str = "key";
 #[durable_object]
 pub struct Counter {
     state: State,
+    /// The same storage, for the `put` options workers-rs does not expose.
+    raw_storage: RawStorage,
     env: Env,
     cell: RefCell<Option<Cell>>,
     /// The counter key, once a write or the storage told it.
@@ -84,10 +106,9 @@ impl Counter {
         let (next, result) = wire::apply_cas(current, expected, value, watch::first_version(now));
         if let CasResult::Written(_) = result {
             *self.cell.borrow_mut() = Some(next);
-            let storage = self.state.storage();
-            let mut stored = storage.put(STORAGE_KEY, wire::cell(next)).await;
+            let mut stored = self.put_unconfirmed(STORAGE_KEY, &wire::cell(next)).await;
             if stored.is_ok() && self.key.borrow().is_none() {
-                stored = storage.put(NAME_KEY, key.clone()).await;
+                stored = self.put_unconfirmed(NAME_KEY, &key).await;
                 if stored.is_ok() {
                     *self.key.borrow_mut() = Some(key.clone());
                 }
@@ -107,6 +128,23 @@ impl Counter {
             }
         }
         Response::ok(wire::cas_result(&result))
+    }
+
+    /// Writes `value` without holding the object's replies until the write is confirmed
+    /// durable (`allowUnconfirmed`). By default the runtime holds every reply of an object
+    /// until its writes are flushed; a counter cell is the object's in-memory state, read by
+    /// every later request, so that wait bought nothing but latency on every limit check (in
+    /// local workerd it was most of a forwarded request's time). If a write ever fails the
+    /// runtime resets the object, which then reads its last stored cell: a limit may admit
+    /// the few requests whose writes were lost, never refuse wrongly.
+    async fn put_unconfirmed(&self, key: &str, value: &str) -> worker::Result<()> {
+        let options = js_sys::Object::new();
+        js_sys::Reflect::set(&options, &"allowUnconfirmed".into(), &true.into())?;
+        let promise = self
+            .raw_storage
+            .put_with(key, JsValue::from_str(value), &options)?;
+        JsFuture::from(promise).await?;
+        Ok(())
     }
 
     /// Sets the alarm. A failure only delays the sweep or the tier watch until the next
@@ -214,8 +252,15 @@ impl Counter {
 
 impl DurableObject for Counter {
     fn new(state: State, env: Env) -> Self {
+        let inner = state._inner();
+        let raw_storage = inner
+            .storage()
+            .map(JsCast::unchecked_into)
+            .unwrap_or_else(|_| JsValue::UNDEFINED.unchecked_into());
+        let state = State::from(inner);
         Counter {
             state,
+            raw_storage,
             env,
             cell: RefCell::new(None),
             key: RefCell::new(None),
