@@ -230,10 +230,10 @@ pub async fn execute(args: &DrillArgs) -> anyhow::Result<Outcome> {
     if !args.quiet && std::io::stderr().is_terminal() {
         eprintln!();
     }
-    // Let handoff calls and alerts land before the origin is asked what it saw.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Let handoff calls and alerts land (a retried delivery takes a while on a loaded
+    // machine) before the origin is asked what it saw.
+    let mock_calls = settled_calls(&http, &format!("{}/mock/calls", stack.mock)).await;
     let tier_events = watch.stop().await;
-    let mock_calls = get_json(&http, &format!("{}/mock/calls", stack.mock), None).await;
     let budget_doc = get_json(
         &http,
         &format!("{}/admin/budget", stack.gateway),
@@ -305,6 +305,31 @@ fn default_budget(args: &DrillArgs) -> u64 {
 
 fn baseline_users(step: u32, scale: f64) -> u32 {
     ((f64::from(step) * scale).round() as u32).max(1)
+}
+
+/// The stand-in's record once the gateway's outbound calls (handoffs, alerts) have stopped
+/// arriving: unchanged over 500 ms, after at least 600 ms and at most 10 s.
+async fn settled_calls(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let outbound = |v: &Option<Value>| {
+        v.as_ref().map(|v| {
+            let toggles: u64 = v["toggle_status"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+            (toggles, v["alerts"].as_array().map_or(0, Vec::len))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut last = get_json(http, url, None).await;
+    for _ in 0..19 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = get_json(http, url, None).await;
+        let same = outbound(&now) == outbound(&last);
+        last = now;
+        if same {
+            break;
+        }
+    }
+    last
 }
 
 async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) -> Option<Value> {
