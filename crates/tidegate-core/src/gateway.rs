@@ -479,30 +479,18 @@ impl Gateway {
     }
 
     /// The body to send to the origin: OpenAI requests get the tier's model and, when
-    /// streaming, `stream_options.include_usage` so tokens can be charged exactly.
+    /// streaming, `stream_options.include_usage` so tokens can be charged exactly. Spliced into
+    /// the client's bytes ([`ChatRequest::edited_body`]).
     fn origin_body(&self, req: &ChatRequest, user: Option<&str>, route: &Route) -> Vec<u8> {
-        let mut body = req.body.clone();
-        // The origin sees the identity the limits were applied to, not a body field the client
-        // may have set to someone else (Dify scopes conversations by `user`).
-        if let (Some(u), Some(obj)) = (user, body.as_object_mut()) {
-            if req.shape == Shape::Dify || obj.contains_key("user") {
-                obj.insert("user".into(), u.into());
-            }
-        }
-        if req.shape == Shape::OpenAi {
-            if let Some(obj) = body.as_object_mut() {
-                obj.insert("model".into(), route.model.clone().into());
-                if req.stream {
-                    let opts = obj
-                        .entry("stream_options")
-                        .or_insert_with(|| serde_json::Value::Object(Default::default()));
-                    if let Some(o) = opts.as_object_mut() {
-                        o.insert("include_usage".into(), true.into());
-                    }
-                }
-            }
-        }
-        serde_json::to_vec(&body).unwrap_or_default()
+        let openai = req.shape == Shape::OpenAi;
+        let edits = request::BodyEdits {
+            // The origin sees the identity the limits were applied to, not a body field the
+            // client may have set to someone else (Dify scopes conversations by `user`).
+            user: user.filter(|_| req.shape == Shape::Dify || req.body.get("user").is_some()),
+            model: openai.then_some(route.model.as_str()),
+            include_usage: openai && req.stream,
+        };
+        req.edited_body(&edits)
     }
 
     fn render(&self, admitted: &Admitted, text: &str, id: &str, now: UnixMs) -> Rendered {

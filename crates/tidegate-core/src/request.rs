@@ -73,6 +73,240 @@ pub struct ChatRequest {
     pub body_user: Option<String>,
     /// The body as parsed, to be forwarded (possibly with the model rewritten).
     pub body: Value,
+    /// The body as received: [`ChatRequest::edited_body`] splices its edits into these bytes.
+    pub raw: Vec<u8>,
+}
+
+/// Top-level fields the gateway sets in a body it forwards ([`ChatRequest::edited_body`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BodyEdits<'a> {
+    /// Set `model` to this.
+    pub model: Option<&'a str>,
+    /// Set `user` to this.
+    pub user: Option<&'a str>,
+    /// Set `stream_options.include_usage` to `true` (added with `stream_options` when absent;
+    /// a `stream_options` that is not an object is left alone).
+    pub include_usage: bool,
+}
+
+impl ChatRequest {
+    /// The body to forward with `edits` applied. The edits are spliced into the client's
+    /// bytes, which otherwise go out exactly as sent (no parse tree is cloned or serialised,
+    /// and a body that needs no change comes back byte for byte). When a splice could not say
+    /// the same as the parsed tree (a key written twice or with escapes, or an edit inside
+    /// `stream_options` other than adding `include_usage` to it), the tree is edited and
+    /// serialised instead.
+    pub fn edited_body(&self, edits: &BodyEdits<'_>) -> Vec<u8> {
+        splice(&self.raw, edits).unwrap_or_else(|| self.edited_tree(edits))
+    }
+
+    fn edited_tree(&self, edits: &BodyEdits<'_>) -> Vec<u8> {
+        let mut body = self.body.clone();
+        if let Some(obj) = body.as_object_mut() {
+            if let Some(u) = edits.user {
+                obj.insert("user".into(), u.into());
+            }
+            if let Some(m) = edits.model {
+                obj.insert("model".into(), m.into());
+            }
+            if edits.include_usage {
+                let opts = obj
+                    .entry("stream_options")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Some(o) = opts.as_object_mut() {
+                    o.insert("include_usage".into(), true.into());
+                }
+            }
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// A member of a JSON object: its key as written between its quotes, and the byte range of
+/// its value.
+type Member<'a> = (&'a str, std::ops::Range<usize>);
+
+/// The members of the JSON object starting at `at` in `text` (which parsed as JSON), and where
+/// its closing brace is. `None` if `at` is not an object.
+fn members(text: &str, at: usize) -> Option<(Vec<Member<'_>>, usize)> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, at);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut out = Vec::new();
+    if b.get(i) == Some(&b'}') {
+        return Some((out, i));
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let key = text.get(i + 1..key_end - 1)?;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let end = value_end(b, i)?;
+        out.push((key, i..end));
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Some((out, i)),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string whose opening quote is at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match b.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+}
+
+/// The index just past the JSON value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while !matches!(
+                b.get(j),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+/// The one member named `key`: `Err` when it is written twice (a splice would leave the
+/// other copy for the origin to read).
+fn only<'m>(
+    members: &'m [Member<'_>],
+    key: &str,
+) -> Result<Option<&'m std::ops::Range<usize>>, ()> {
+    let mut found = members.iter().filter(|(k, _)| *k == key).map(|(_, r)| r);
+    let first = found.next();
+    match found.next() {
+        Some(_) => Err(()),
+        None => Ok(first),
+    }
+}
+
+/// [`ChatRequest::edited_body`] by splicing; `None` when the tree must be used.
+fn splice(raw: &[u8], edits: &BodyEdits<'_>) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (top, close) = members(text, 0)?;
+    if top.iter().any(|(k, _)| k.contains('\\')) {
+        return None; // an escaped key may name a field we set
+    }
+    // (position, bytes to remove, text to put there), in body order once sorted.
+    let mut edits_at: Vec<(usize, usize, String)> = Vec::new();
+    let mut added = !top.is_empty();
+    let mut set = |key: &str, value: &str| -> Option<()> {
+        let encoded = serde_json::to_string(value).ok()?;
+        match only(&top, key).ok()? {
+            Some(r) if text.get(r.clone()) == Some(encoded.as_str()) => {}
+            Some(r) => edits_at.push((r.start, r.len(), encoded)),
+            None => {
+                let comma = if added { "," } else { "" };
+                added = true;
+                edits_at.push((close, 0, format!("{comma}\"{key}\":{encoded}")));
+            }
+        }
+        Some(())
+    };
+    if let Some(u) = edits.user {
+        set("user", u)?;
+    }
+    if let Some(m) = edits.model {
+        set("model", m)?;
+    }
+    if edits.include_usage {
+        match only(&top, "stream_options").ok()? {
+            None => {
+                let comma = if added { "," } else { "" };
+                edits_at.push((
+                    close,
+                    0,
+                    format!("{comma}\"stream_options\":{{\"include_usage\":true}}"),
+                ));
+            }
+            Some(r) => match members(text, r.start) {
+                // Not an object: left as it is, like the tree does.
+                None => {}
+                Some((inner, inner_close)) => {
+                    if inner.iter().any(|(k, _)| k.contains('\\')) {
+                        return None;
+                    }
+                    match only(&inner, "include_usage").ok()? {
+                        Some(u) if text.get(u.clone()) == Some("true") => {}
+                        Some(u) => edits_at.push((u.start, u.len(), "true".to_owned())),
+                        None => {
+                            let comma = if inner.is_empty() { "" } else { "," };
+                            edits_at.push((
+                                inner_close,
+                                0,
+                                format!("{comma}\"include_usage\":true"),
+                            ));
+                        }
+                    }
+                }
+            },
+        }
+    }
+    if edits_at.is_empty() {
+        return Some(raw.to_vec());
+    }
+    edits_at.sort_by_key(|(at, _, _)| *at);
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    let mut from = 0;
+    for (at, len, put) in &edits_at {
+        out.extend_from_slice(raw.get(from..*at)?);
+        out.extend_from_slice(put.as_bytes());
+        from = at + len;
+    }
+    out.extend_from_slice(raw.get(from..)?);
+    Some(out)
 }
 
 /// Parses a request body of `shape`. Errors are client errors with a sentence saying what is
@@ -139,6 +373,7 @@ pub fn parse_chat(shape: Shape, body: &[u8]) -> Result<ChatRequest, Problem> {
         },
         body_user: str_field("user")?,
         body,
+        raw: text.as_bytes().to_vec(),
     })
 }
 
@@ -245,7 +480,91 @@ mod tests {
         }
     }
 
+    fn edits(stream: bool) -> BodyEdits<'static> {
+        BodyEdits {
+            model: Some("gpt-4o-mini"),
+            user: Some("alice"),
+            include_usage: stream,
+        }
+    }
+
+    #[test]
+    fn spliced_bodies_say_what_the_edited_tree_says() {
+        for body in [
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"user":"bob"}"#,
+            r#"  { "messages" : [ {"role":"user","content":"a \"model\": x"} ] , "user" : null }  "#,
+            r#"{"messages":[{"role":"user","content":"hi","model":"inner"}],"stream":true}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{}}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,
+                "stream_options":{"include_usage":false,"x":[1,{"y":"}"}]}}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":7}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o-mini","user":"alice"}"#,
+            // Keys the splice must not trust: the tree is used.
+            r#"{"messages":[{"role":"user","content":"hi"}],"user":"bob","user":"eve"}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"\u0075ser":"eve"}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,
+                "stream_options":{"include_usage":false,"include_usage":false}}"#,
+        ] {
+            for stream in [false, true] {
+                let r = parse_chat(Shape::OpenAi, body.as_bytes()).unwrap();
+                let e = edits(stream);
+                let spliced: Value = serde_json::from_slice(&r.edited_body(&e)).unwrap();
+                let tree: Value = serde_json::from_slice(&r.edited_tree(&e)).unwrap();
+                assert_eq!(spliced, tree, "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_needing_no_change_goes_out_byte_for_byte() {
+        let body = br#"{ "user":"alice", "model" : "gpt-4o-mini",
+            "messages":[{"role":"user","content":"hi"}], "stream":true,
+            "stream_options":{"include_usage":true} }"#;
+        let r = parse_chat(Shape::OpenAi, body).unwrap();
+        assert_eq!(r.edited_body(&edits(true)), body.to_vec());
+        let only_model = BodyEdits {
+            model: Some("gpt-4o"),
+            ..BodyEdits::default()
+        };
+        let out = String::from_utf8(r.edited_body(&only_model)).unwrap();
+        assert_eq!(
+            out,
+            String::from_utf8_lossy(body).replace("gpt-4o-mini", "gpt-4o")
+        );
+    }
+
+    #[test]
+    fn regression_a_repeated_user_key_cannot_reach_the_origin() {
+        // An origin that reads the first of two `user` keys must still see the verified user.
+        let body = br#"{"user":"eve","messages":[{"role":"user","content":"hi"}],"user":"x"}"#;
+        let r = parse_chat(Shape::OpenAi, body).unwrap();
+        let out = String::from_utf8(r.edited_body(&edits(false))).unwrap();
+        assert_eq!(out.matches("\"user\":").count(), 1, "{out}");
+        assert!(out.contains("\"user\":\"alice\""), "{out}");
+    }
+
+    #[test]
+    fn dify_bodies_get_the_user_added() {
+        let body = br#"{"query":"q","inputs":{}}"#;
+        let r = parse_chat(Shape::Dify, body).unwrap();
+        let e = BodyEdits {
+            user: Some("u\"1"),
+            ..BodyEdits::default()
+        };
+        let out: Value = serde_json::from_slice(&r.edited_body(&e)).unwrap();
+        assert_eq!(out["user"], "u\"1");
+        assert_eq!(out["query"], "q");
+        let empty = parse_chat(Shape::Dify, br#"{"query":"q"}"#).unwrap();
+        let out: Value = serde_json::from_slice(&empty.edited_body(&e)).unwrap();
+        assert_eq!(out["user"], "u\"1");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn splicing_never_panics(text in "[ {}\\[\\]\",:a-z0-9\\\\]{0,64}") {
+            let _ = splice(text.as_bytes(), &edits(true));
+        }
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
             let _ = parse_chat(Shape::OpenAi, &bytes);

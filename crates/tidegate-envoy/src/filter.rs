@@ -505,40 +505,51 @@ struct ReqHeaders {
 }
 
 impl ReqHeaders {
-    /// Reads the request headers once: one host call (and one allocation callback) instead of
-    /// one of each per header. A repeated header counts with its first value, as
-    /// `get_map_value` would return it.
-    fn read(f: Option<&Filter>) -> Self {
+    /// The request path without its query: one `get_map_value`, the only host call a request
+    /// the filter does not act on costs (see [`EnvoySettings::passes_through`]).
+    ///
+    /// [`EnvoySettings::passes_through`]: crate::settings::EnvoySettings::passes_through
+    fn path() -> String {
+        let mut p = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if let Some(q) = p.find('?') {
+            p.truncate(q);
+        }
+        p
+    }
+
+    /// Reads the other request headers of a chat request at once: one host call (and one
+    /// allocation callback) instead of one of each per header. A repeated header counts with
+    /// its first value, as `get_map_value` would return it.
+    fn read(f: &Filter, path: String) -> Self {
         let pairs = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let mut h = ReqHeaders::default();
+        let mut h = ReqHeaders {
+            path,
+            ..ReqHeaders::default()
+        };
         let first = |slot: &mut Option<String>, v: &str| {
             if slot.is_none() {
                 *slot = Some(v.to_owned());
             }
         };
+        let c = &f.cfg.core.client;
         for (k, v) in &pairs {
             match k.as_str() {
-                ":path" => {
-                    if h.path.is_empty() {
-                        h.path = v.split('?').next().unwrap_or("").to_owned();
-                    }
-                }
                 "content-length" => first(&mut h.content_length, v),
                 "content-type" => first(&mut h.content_type, v),
                 "x-forwarded-for" => first(&mut h.forwarded_for, v),
-                _ => {
-                    let Some(f) = f else { continue };
-                    let c = &f.cfg.core.client;
-                    if k.eq_ignore_ascii_case(&c.user_header) {
-                        first(&mut h.user, v);
-                    } else if k.eq_ignore_ascii_case(&c.conversation_header) {
-                        first(&mut h.conversation, v);
-                    } else if k.eq_ignore_ascii_case(&f.cfg.core.turnstile.token_header) {
-                        first(&mut h.token, v);
-                    } else if k.eq_ignore_ascii_case(&f.cfg.envoy.route_header) {
-                        h.route = true;
-                    }
+                k if k.starts_with(':') => {}
+                k if k.eq_ignore_ascii_case(&c.user_header) => first(&mut h.user, v),
+                k if k.eq_ignore_ascii_case(&c.conversation_header) => {
+                    first(&mut h.conversation, v)
                 }
+                k if k.eq_ignore_ascii_case(&f.cfg.core.turnstile.token_header) => {
+                    first(&mut h.token, v)
+                }
+                k if k.eq_ignore_ascii_case(&f.cfg.envoy.route_header) => h.route = true,
+                _ => {}
             }
         }
         h
@@ -551,6 +562,8 @@ struct Http {
     f: Option<Rc<Filter>>,
     /// The filter sent a local reply: response hooks leave it alone.
     local: bool,
+    /// A path the filter does not act on ([`crate::settings::EnvoySettings::pass_through`]).
+    passing: bool,
     req: ReqHeaders,
     /// The request body as received (empty until it ended).
     body: Vec<u8>,
@@ -595,6 +608,7 @@ impl Http {
             id,
             f,
             local: false,
+            passing: false,
             req: ReqHeaders::default(),
             body: Vec::new(),
             body_len: 0,
@@ -912,13 +926,18 @@ impl HttpContext for Http {
                 body: b"tidegate is not configured".to_vec(),
             });
         };
-        self.req = ReqHeaders::read(Some(&f));
-        if self.req.path == "/healthz" {
+        let path = ReqHeaders::path();
+        if path == "/healthz" {
             return self.healthz(&f);
         }
-        if Shape::from_path(&self.req.path).is_none() {
+        if Shape::from_path(&path).is_none() {
+            if f.cfg.core.api_for(&path).is_none() && f.cfg.envoy.passes_through(&path) {
+                // Not the filter's: no other host call, and every later hook returns at once.
+                self.passing = true;
+                return Action::Continue;
+            }
             let now = now();
-            return match f.gw.admit_api(&f.store(now), &self.req.path, now) {
+            return match f.gw.admit_api(&f.store(now), &path, now) {
                 None => self.send_local(Self::refusal_reply(
                     &f,
                     &Refusal {
@@ -949,6 +968,7 @@ impl HttpContext for Http {
                 }
             };
         }
+        self.req = ReqHeaders::read(&f, path);
         let max = f.cfg.core.client.max_body_bytes;
         let declared =
             (self.req.content_length.as_deref()).and_then(|v| v.trim().parse::<usize>().ok());
@@ -966,7 +986,7 @@ impl HttpContext for Http {
         let Some(f) = self.f.clone() else {
             return Action::Pause;
         };
-        if self.local || self.relay.is_some() || self.api_limits.is_some() {
+        if self.passing || self.local || self.relay.is_some() || self.api_limits.is_some() {
             return Action::Continue;
         }
         self.body_len = body_size;

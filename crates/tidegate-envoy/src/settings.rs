@@ -20,6 +20,11 @@ pub struct EnvoySettings {
     pub alert_cluster: String,
     /// Timeout of siteverify, handoff and alert calls (ms).
     pub call_timeout_ms: u64,
+    /// Path prefixes the filter forwards untouched: no limit, no header but `:path` read, no
+    /// decision headers. The chat endpoints, `/healthz` and the `[[limits.api]]` paths are
+    /// matched first; any other path not listed here gets a 404 problem, as from the native
+    /// gateway. Useful when the filter sits in front of more than the chat origin.
+    pub pass_through: Vec<String>,
     /// `[envoy.kv]`: the flag and knowledge-base source.
     pub kv: KvSource,
 }
@@ -32,8 +37,19 @@ impl Default for EnvoySettings {
             chatwoot_cluster: "chatwoot".into(),
             alert_cluster: "alert".into(),
             call_timeout_ms: 5_000,
+            pass_through: Vec::new(),
             kv: KvSource::default(),
         }
+    }
+}
+
+impl EnvoySettings {
+    /// True when `path` (no query) is under one of the [`EnvoySettings::pass_through`]
+    /// prefixes.
+    pub fn passes_through(&self, path: &str) -> bool {
+        self.pass_through
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
     }
 }
 
@@ -125,6 +141,11 @@ pub fn parse(text: &str) -> Result<FilterConfig, ConfigError> {
         "must not be empty",
     )?;
     check(
+        e.pass_through.iter().all(|p| p.starts_with('/')),
+        "envoy.pass_through",
+        "every prefix must start with `/`",
+    )?;
+    check(
         (100..=60_000).contains(&e.call_timeout_ms),
         "envoy.call_timeout_ms",
         "must be between 100 and 60000",
@@ -211,6 +232,18 @@ mod tests {
         assert!(parse("not toml [").is_err());
         let e = parse("[envoy.kv]\ncluster = \"kv\"\npath = \"/flags\"\n").unwrap_err();
         assert_eq!(e.field, "envoy.kv.path");
+        let e = parse("[envoy]\npass_through = [\"static/\"]\n").unwrap_err();
+        assert_eq!(e.field, "envoy.pass_through");
+    }
+
+    #[test]
+    fn pass_through_matches_prefixes_only() {
+        let c = parse("[envoy]\npass_through = [\"/static/\", \"/status\"]\n").unwrap();
+        assert!(c.envoy.passes_through("/static/app.js"));
+        assert!(c.envoy.passes_through("/status"));
+        assert!(!c.envoy.passes_through("/v1/nothing-here"));
+        assert!(!c.envoy.passes_through("/stat"));
+        assert!(!parse("").unwrap().envoy.passes_through("/status"));
     }
 
     #[test]
