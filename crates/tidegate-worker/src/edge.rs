@@ -45,6 +45,9 @@ struct Flags {
     kb: Option<Arc<KnowledgeBase>>,
     /// Length and hash of the artefact the KB was parsed from (skip re-parsing).
     kb_fingerprint: Option<(usize, u64)>,
+    /// Fingerprint of an artefact that did not load: the same bytes are not parsed (and
+    /// warned about) again on each refresh; the last good KB stays in use.
+    kb_rejected: Option<(usize, u64)>,
     fetched_at: Option<UnixMs>,
 }
 
@@ -172,19 +175,27 @@ async fn flags(iso: &Isolate, env: &Env, now: UnixMs) -> Flags {
         Ok(kv) => match kv.get(KB_KEY).cache_ttl(ttl).bytes().await {
             Ok(Some(bytes)) => {
                 let fp = fingerprint(&bytes);
-                if next.kb_fingerprint != Some(fp) {
+                if next.kb_fingerprint != Some(fp) && next.kb_rejected != Some(fp) {
                     match KnowledgeBase::from_artifact(&bytes) {
                         Ok(kb) => {
                             next.kb = Some(Arc::new(kb));
                             next.kb_fingerprint = Some(fp);
+                            next.kb_rejected = None;
                         }
-                        Err(e) => console_warn!("tidegate: FAQ artefact does not load: {e}"),
+                        Err(e) => {
+                            next.kb_rejected = Some(fp);
+                            console_warn!(
+                                "tidegate: FAQ artefact does not load, keeping the last good \
+                                 one until it changes: {e}"
+                            );
+                        }
                     }
                 }
             }
             Ok(None) => {
                 next.kb = None;
                 next.kb_fingerprint = None;
+                next.kb_rejected = None;
             }
             Err(e) => console_warn!("tidegate: KV FAQ unreadable, keeping last: {e}"),
         },
