@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::decision::HttpCall;
 use crate::time::UnixMs;
 
 /// A degradation tier, in order of increasing load.
@@ -52,6 +53,11 @@ impl Tier {
     /// Index 0..=3 (the tier gauge).
     pub fn level(self) -> u8 {
         self as u8
+    }
+
+    /// The tier of a [`Tier::level`] (`None` past the highest).
+    pub fn from_level(level: u8) -> Option<Tier> {
+        Tier::ALL.get(usize::from(level)).copied()
     }
 }
 
@@ -254,6 +260,20 @@ impl Recommendation {
         })
         .to_string()
     }
+
+    /// The alert to post to `[tiers].alert_webhook` (`None` when no webhook is set).
+    /// `activated`: the host wrote the recommended tier to the tier flag itself.
+    pub fn alert_call(&self, cfg: &TierConfig, active: Tier, activated: bool) -> Option<HttpCall> {
+        if cfg.alert_webhook.is_empty() {
+            return None;
+        }
+        Some(HttpCall {
+            method: "POST",
+            url: cfg.alert_webhook.clone(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: self.alert_json(active, activated),
+        })
+    }
 }
 
 /// Turns a QPS reading into a recommendation, raising at once and lowering only after the
@@ -265,6 +285,18 @@ pub struct Recommender {
 }
 
 impl Recommender {
+    /// A recommender in a given state, for a host that keeps the state outside this struct
+    /// (the Envoy filter shares one recommender between its workers through shared data).
+    pub fn resume(current: Tier, low_since: Option<UnixMs>) -> Self {
+        Recommender { current, low_since }
+    }
+
+    /// Since when the traffic has asked for a lower tier than the current one (the cooldown
+    /// runs from here).
+    pub fn low_since(&self) -> Option<UnixMs> {
+        self.low_since
+    }
+
     /// The tier currently recommended.
     pub fn current(&self) -> Tier {
         self.current
@@ -354,5 +386,53 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("set the `tier` flag"));
+    }
+
+    #[test]
+    fn a_resumed_recommender_keeps_its_cooldown() {
+        let cfg = TierConfig {
+            cooldown_secs: 60,
+            ..TierConfig::default()
+        };
+        let mut r = Recommender::default();
+        r.observe(160.0, UnixMs(0), &cfg).unwrap();
+        assert!(r.observe(10.0, UnixMs(2000), &cfg).is_none());
+        // The state leaves the struct (shared data in Envoy) and comes back.
+        let mut back = Recommender::resume(r.current(), r.low_since());
+        assert_eq!(back.low_since(), Some(UnixMs(2000)));
+        assert!(back.observe(10.0, UnixMs(61_000), &cfg).is_none());
+        assert_eq!(
+            back.observe(10.0, UnixMs(62_000), &cfg).unwrap().to,
+            Tier::Normal
+        );
+        for t in Tier::ALL {
+            assert_eq!(Tier::from_level(t.level()), Some(t));
+        }
+        assert_eq!(Tier::from_level(4), None);
+    }
+
+    #[test]
+    fn the_alert_call_goes_to_the_webhook_only_when_one_is_set() {
+        let rec = Recommendation {
+            from: Tier::Normal,
+            to: Tier::Economy,
+            qps: 90.0,
+            at: UnixMs(5),
+        };
+        assert!(rec
+            .alert_call(&TierConfig::default(), Tier::Normal, false)
+            .is_none());
+        let cfg = TierConfig {
+            alert_webhook: "http://127.0.0.1:9/hook".into(),
+            ..TierConfig::default()
+        };
+        let call = rec.alert_call(&cfg, Tier::Economy, true).unwrap();
+        assert_eq!(
+            (call.method, call.url.as_str()),
+            ("POST", "http://127.0.0.1:9/hook")
+        );
+        let body: serde_json::Value = serde_json::from_str(&call.body).unwrap();
+        assert_eq!(body["auto_activated"], true);
+        assert_eq!(body["active"], "economy");
     }
 }

@@ -4,8 +4,9 @@
 //! Host calls go through `proxy_wasm::hostcalls`, whose `Result`s are ignored or mapped, never
 //! unwrapped: a panic aborts the VM and with it every request on that worker.
 //!
-//! TODO(#6): the QPS-based tier recommendation and its alert (native `spawn_tier_watch`) are
-//! not computed here yet; the alert cluster is wired but unused.
+//! The QPS-based tier recommendation runs on the root tick ([`crate::watch`]): requests
+//! forwarded to the origin are counted in memory, one worker a second evaluates them, writes
+//! the recommendation to the KV source and posts the alert.
 //! Per-request cost (docs/benchmarks-envoy.md): every host call that returns data also calls
 //! back into the VM to allocate, so the request path reads the request headers with one
 //! `get_map`, reads the flags from a copy the root context refreshes on its tick, leaves
@@ -32,12 +33,13 @@ use tidegate_core::gateway::{
 use tidegate_core::ratelimit::{Outcome, Verdict};
 use tidegate_core::reply::{ReplyFilter, Validator};
 use tidegate_core::request::Shape;
-use tidegate_core::tier::Tier;
+use tidegate_core::tier::{Recommendation, Tier};
 use tidegate_core::{turnstile, Problem, Reason, UnixMs};
 
 use crate::flags::{self, FlagKeys, Flags, Pulled};
 use crate::settings::{self, FilterConfig};
 use crate::shared::{self, SharedData, SharedStore};
+use crate::watch;
 
 /// How often the root context wakes: queued requests, outbound calls, KV refresh.
 const TICK: Duration = Duration::from_millis(50);
@@ -74,6 +76,9 @@ struct Outbound {
     call: HttpCall,
     what: &'static str,
     attempt: u32,
+    /// A write of the recommended tier to the tier flag (`[tiers] auto_activate`): the alert
+    /// is posted once the write is answered, saying whether it took.
+    activates: Option<Recommendation>,
 }
 
 thread_local! {
@@ -96,6 +101,8 @@ fn now() -> UnixMs {
 struct Metrics {
     decisions: Vec<(Reason, u32)>,
     tier: Option<u32>,
+    tier_recommended: Option<u32>,
+    origin_qps: Option<u32>,
     origin_failures: Option<u32>,
     codes_replaced: Option<u32>,
     tokens_charged: Option<u32>,
@@ -114,6 +121,12 @@ impl Metrics {
                 })
                 .collect(),
             tier: hostcalls::define_metric(MetricType::Gauge, "tidegate.tier").ok(),
+            tier_recommended: hostcalls::define_metric(
+                MetricType::Gauge,
+                "tidegate.tier_recommended",
+            )
+            .ok(),
+            origin_qps: hostcalls::define_metric(MetricType::Gauge, "tidegate.origin_qps").ok(),
             origin_failures: counter("tidegate.origin_failures"),
             codes_replaced: counter("tidegate.codes_replaced"),
             tokens_charged: counter("tidegate.tokens_charged"),
@@ -153,6 +166,8 @@ struct Filter {
     /// This VM's copy of the flags, refreshed by the root context ([`Filter::refresh_flags`]).
     flags: RefCell<Rc<Flags>>,
     tag: u16,
+    /// This VM's origin requests not yet added to the shared meter.
+    origin_meter: watch::Local,
 }
 
 impl Filter {
@@ -200,6 +215,7 @@ impl Filter {
                 call,
                 what,
                 attempt: 1,
+                activates: None,
             })
         });
     }
@@ -255,6 +271,46 @@ impl Root {
         }
     }
 
+    /// The tier recommendation ([`watch`]): this VM's finished seconds go to the shared meter,
+    /// and the worker that wins the second's evaluation publishes a change: the recommendation
+    /// (and with `auto_activate` the tier flag) written to the KV source, then the alert.
+    fn watch_tiers(&mut self, f: &Filter, now: UnixMs) {
+        if let Err(e) = f.origin_meter.flush(&Host, now) {
+            warn!("tidegate: origin meter: {e}");
+        }
+        let cfg = &f.cfg.core.tiers;
+        let reading = match watch::evaluate(&Host, now, cfg) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                warn!("tidegate: tier watch: {e}");
+                return;
+            }
+        };
+        Metrics::set(f.metrics.origin_qps, reading.qps.round() as u64);
+        let Some(rec) = reading.change else { return };
+        Metrics::set(f.metrics.tier_recommended, u64::from(rec.to.level()));
+        warn!(
+            "tidegate: tier recommendation {} -> {} at {:.1} origin req/s",
+            rec.from.as_str(),
+            rec.to.as_str(),
+            rec.qps
+        );
+        let kv = &f.cfg.envoy.kv;
+        let timeout = f.cfg.envoy.call_timeout_ms;
+        if kv.cluster.is_empty() {
+            warn!("tidegate: no [envoy.kv] cluster: the tier recommendation is not stored");
+        } else {
+            self.dispatch(kv_write(kv, &cfg.recommendation_key, rec.to, None), timeout);
+            if cfg.auto_activate {
+                // The alert waits for this write's answer: it says whether the tier changed.
+                self.dispatch(kv_write(kv, &cfg.flag_key, rec.to, Some(rec)), timeout);
+                return;
+            }
+        }
+        alert(f, &rec, false);
+    }
+
     fn pull_flags(&mut self, f: &Filter, now: UnixMs) {
         let kv = &f.cfg.envoy.kv;
         if kv.cluster.is_empty() || !flags::claim_refresh(&Host, now.0, kv.refresh_ms) {
@@ -287,6 +343,47 @@ impl Root {
                 }
             }
         }
+    }
+}
+
+/// A `PUT` of `tier` under `key` at the KV source: the native admin API
+/// (`PUT /admin/flags/{key}`) and the Cloudflare KV REST API (`PUT .../values/{key}`) both
+/// take the value as the raw body at the path they are read from.
+fn kv_write(
+    kv: &settings::KvSource,
+    key: &str,
+    tier: Tier,
+    activates: Option<Recommendation>,
+) -> Outbound {
+    let mut headers = vec![("content-type".to_owned(), "text/plain".to_owned())];
+    if !kv.token.is_empty() {
+        headers.push(("authorization".to_owned(), format!("Bearer {}", kv.token)));
+    }
+    Outbound {
+        cluster: kv.cluster.clone(),
+        authority: kv.authority.clone(),
+        path: kv.path_for(key),
+        call: HttpCall {
+            method: "PUT",
+            url: String::new(),
+            headers,
+            body: tier.as_str().to_owned(),
+        },
+        what: "kv write",
+        attempt: 1,
+        activates,
+    }
+}
+
+/// Posts the alert for a recommendation. `activated`: the tier flag now holds it.
+fn alert(f: &Filter, rec: &Recommendation, activated: bool) {
+    let active = if activated {
+        rec.to
+    } else {
+        f.gw.tier(f.flags().tier.as_deref())
+    };
+    if let Some(call) = rec.alert_call(&f.cfg.core.tiers, active, activated) {
+        f.send(call, "alert");
     }
 }
 
@@ -340,9 +437,21 @@ impl Context for Root {
                     Metrics::add(f.metrics.handoffs, 1);
                 }
                 info!("tidegate: {} call done ({s})", o.what);
+                if let Some(rec) = o.activates.take() {
+                    // In force on every worker at once, not only after the next pull.
+                    let tier = Pulled::Value(rec.to.as_str().as_bytes().to_vec());
+                    if let Err(e) = flags::store(&Host, &f.keys.tier, &tier) {
+                        warn!("tidegate: activated tier not stored locally: {e}");
+                    }
+                    f.refresh_flags();
+                    alert(&f, &rec, true);
+                }
             }
             Some((s, _)) if (400..500).contains(&s) => {
                 warn!("tidegate: {} call refused ({s})", o.what);
+                if let Some(rec) = o.activates.take() {
+                    alert(&f, &rec, false);
+                }
             }
             other => {
                 let status = other.map(|(s, _)| s);
@@ -358,6 +467,9 @@ impl Context for Root {
                         "tidegate: {} call abandoned after {CALL_ATTEMPTS} attempts",
                         o.what
                     );
+                    if let Some(rec) = o.activates.take() {
+                        alert(&f, &rec, false);
+                    }
                 }
             }
         }
@@ -367,7 +479,10 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         // Create the lock and flag cells before any request: see `shared`.
-        if let Err(e) = shared::init_lock(&Host).and_then(|()| flags::init(&Host)) {
+        if let Err(e) = shared::init_lock(&Host)
+            .and_then(|()| flags::init(&Host))
+            .and_then(|()| watch::init(&Host))
+        {
             error!("tidegate: shared data not initialised: {e}");
             return false;
         }
@@ -428,6 +543,7 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             flags: RefCell::new(Rc::new(Flags::default())),
             tag: vm_tag(),
+            origin_meter: watch::Local::default(),
         }));
         if let Some(f) = &self.filter {
             f.refresh_flags();
@@ -457,6 +573,7 @@ impl RootContext for Root {
             self.dispatch(o, f.cfg.envoy.call_timeout_ms);
         }
         self.pull_flags(&f, now);
+        self.watch_tiers(&f, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -815,6 +932,7 @@ impl Http {
             Plan::Refuse(r) => return self.send_local(Self::refusal_reply(f, &r, Some(tier))),
             Plan::Forward(fw) => fw,
         };
+        f.origin_meter.record(now);
         // Only what changes is written: every host call costs, and a changed request header
         // also makes Envoy clear its route cache.
         let set = |k: &str, v: Option<&str>| {

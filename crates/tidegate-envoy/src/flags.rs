@@ -199,32 +199,8 @@ pub fn load<D: SharedData + ?Sized>(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::collections::HashMap;
 
-    /// Envoy's semantics: a fresh token per write, ignored when the key is absent.
-    type Cells = (u32, HashMap<String, (Vec<u8>, u32)>);
-
-    #[derive(Default)]
-    struct Map(RefCell<Cells>);
-
-    impl SharedData for Map {
-        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
-            Ok(self.0.borrow().1.get(key).cloned())
-        }
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<bool, String> {
-            let mut g = self.0.borrow_mut();
-            g.0 += 1;
-            let n = g.0;
-            if let Some((_, cur)) = g.1.get(key) {
-                if cas.is_some_and(|c| c != *cur) {
-                    return Ok(false);
-                }
-            }
-            g.1.insert(key.into(), (value.to_vec(), n));
-            Ok(true)
-        }
-    }
+    type Map = crate::testing::EnvoyLike;
 
     fn keys() -> FlagKeys {
         FlagKeys {

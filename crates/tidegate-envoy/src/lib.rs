@@ -4,6 +4,7 @@
 //! - counters live in proxy-wasm shared data ([`shared`]), exact across worker threads;
 //! - flags, the valid-code list and the FAQ artefact are pulled from a KV source on a timer and
 //!   kept in shared data ([`flags`]), the last good copy kept when the source is down;
+//! - the tier recommendation from origin QPS is computed once for all workers ([`watch`]);
 //! - the plugin configuration is the core's TOML config plus an `[envoy]` table ([`settings`]);
 //! - the proxy-wasm contexts themselves (`filter`, wasm32 only) drive the core's three stages,
 //!   make the siteverify, Chatwoot and KV calls with `dispatch_http_call`, and validate replies
@@ -14,6 +15,10 @@
 pub mod flags;
 pub mod settings;
 pub mod shared;
+pub mod watch;
+
+#[cfg(test)]
+mod testing;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -159,37 +159,11 @@ impl<D: SharedData + ?Sized> CounterStore for SharedStore<'_, D> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     use tidegate_core::ratelimit::{self, Quota};
     use tidegate_core::UnixMs;
 
-    /// Envoy's shared-data semantics: a fresh token on every write, the token ignored when
-    /// the key is absent.
-    type Cells = (u32, HashMap<String, (Vec<u8>, u32)>);
-
-    #[derive(Default)]
-    struct EnvoyLike {
-        map: Mutex<Cells>,
-    }
-
-    impl SharedData for EnvoyLike {
-        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
-            Ok(self.map.lock().unwrap().1.get(key).cloned())
-        }
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<bool, String> {
-            let mut g = self.map.lock().unwrap();
-            g.0 += 1;
-            let next = g.0;
-            if let Some((_, cur)) = g.1.get(key) {
-                if cas.is_some_and(|c| c != 0 && c != *cur) {
-                    return Ok(false);
-                }
-            }
-            g.1.insert(key.to_owned(), (value.to_vec(), next));
-            Ok(true)
-        }
-    }
+    use crate::testing::EnvoyLike;
 
     #[test]
     fn first_write_is_insert_if_absent() {

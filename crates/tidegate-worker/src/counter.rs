@@ -15,7 +15,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tidegate_core::decision::HttpCall;
 use tidegate_core::store::{StoreError, Version};
 use tidegate_core::tier::{Recommendation, Tier, TierConfig};
 use tidegate_core::UnixMs;
@@ -238,13 +237,7 @@ impl Counter {
             let flag = kv.get(&cfg.flag_key).text().await.ok().flatten();
             flag.as_deref().and_then(Tier::parse).unwrap_or_default()
         };
-        if !cfg.alert_webhook.is_empty() {
-            let call = HttpCall {
-                method: "POST",
-                url: cfg.alert_webhook.clone(),
-                headers: vec![("content-type".into(), "application/json".into())],
-                body: rec.alert_json(active, activated),
-            };
+        if let Some(call) = rec.alert_call(cfg, active, activated) {
             deliver(call, "alert").await;
         }
     }

@@ -617,20 +617,19 @@ fn spawn_tier_watch(app: Arc<App>) {
             {
                 warn!(error = %e, "could not store the tier recommendation");
             }
-            if cfg.auto_activate {
-                if let Err(e) = app.kv.put(&cfg.flag_key, rec.to.as_str().as_bytes()) {
-                    warn!(error = %e, "could not activate the recommended tier");
-                }
+            let activated = cfg.auto_activate
+                && match app.kv.put(&cfg.flag_key, rec.to.as_str().as_bytes()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(error = %e, "could not activate the recommended tier");
+                        false
+                    }
+                };
+            if activated {
                 let _ = app.refresh_flags();
             }
             let active = app.gw.tier(app.flags().tier.as_deref());
-            if !cfg.alert_webhook.is_empty() {
-                let call = HttpCall {
-                    method: "POST",
-                    url: cfg.alert_webhook.clone(),
-                    headers: vec![("content-type".into(), "application/json".into())],
-                    body: rec.alert_json(active, cfg.auto_activate),
-                };
+            if let Some(call) = rec.alert_call(cfg, active, activated) {
                 app.send_call(call, "alert", None);
             }
         }
