@@ -128,6 +128,35 @@ pub fn run(cmd: KbCommand) -> Result<()> {
     }
 }
 
+/// Phrasings an entry should have at least: the matcher asks a lead of an entry that grows as
+/// its phrasings get fewer (`[faq] evidence_phrasings`), and with one or two (a lead of 0.51 or
+/// 0.36 by default) a reworded question is almost never served.
+const ADVISED_PHRASINGS: u32 = 3;
+
+/// A warning naming the entries with fewer than [`ADVISED_PHRASINGS`] phrasings, if any.
+fn few_phrasings_warning(kb: &KnowledgeBase) -> Option<String> {
+    let few: Vec<&str> = kb
+        .phrasing_counts()
+        .filter(|(_, n)| *n < ADVISED_PHRASINGS)
+        .map(|(id, _)| id)
+        .collect();
+    let (first, more) = (few.iter().take(5), few.len().saturating_sub(5));
+    let mut names = first.copied().collect::<Vec<_>>().join(", ");
+    if more > 0 {
+        names.push_str(&format!(" and {more} more"));
+    }
+    (!few.is_empty()).then(|| {
+        format!(
+            "{} of {} entries have fewer than {ADVISED_PHRASINGS} phrasings ({names}): they \
+             answer their own questions word for word, but a reworded question only with a \
+             large lead over the next entry; write {ADVISED_PHRASINGS} or more for each, \
+             five or more where entries are alike (docs/faq-matching.md)",
+            few.len(),
+            kb.len()
+        )
+    })
+}
+
 fn build(input: &Path, output: &Path) -> Result<()> {
     let src =
         std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
@@ -157,6 +186,9 @@ fn build(input: &Path, output: &Path) -> Result<()> {
         kb.version(),
         load.as_secs_f64() * 1e3
     );
+    if let Some(w) = few_phrasings_warning(&kb) {
+        eprintln!("warning: {w}");
+    }
     Ok(())
 }
 
@@ -197,6 +229,8 @@ struct Scored {
     conflict: bool,
     /// Phrasings of the entry.
     phrasings: u32,
+    /// The query is one of the entry's phrasings (served whatever the thresholds).
+    exact: bool,
 }
 
 /// One query in the JSON report.
@@ -311,6 +345,7 @@ fn served_by(top: &[Scored], cfg: &FaqConfig) -> Option<String> {
             score: s.score,
             conflict: s.conflict,
             phrasings: s.phrasings,
+            exact: s.exact,
         })
         .collect();
     KnowledgeBase::decide(&ranked, cfg).map(|h| h.id.to_owned())
@@ -353,6 +388,7 @@ fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Re
                 score: c.score,
                 conflict: c.conflict,
                 phrasings: c.phrasings,
+                exact: c.exact,
             })
             .collect();
         results.push((q.expected.clone(), top));
@@ -486,4 +522,33 @@ fn admin_call(
         .enable_all()
         .build()?;
     rt.block_on(crate::flag_cmd::admin_request(admin, method, path, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kb(src: &str) -> KnowledgeBase {
+        KnowledgeBase::from_artifact(&build_artifact(src).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn entries_with_few_phrasings_are_named_in_a_warning() {
+        let thin = kb(concat!(
+            r#"{"id": "track", "questions": ["How do I track my order?"], "answer": "A"}"#,
+            "\n",
+            r#"{"id": "full", "questions": ["a b", "c d", "e f"], "answer": "B"}"#
+        ));
+        let w = few_phrasings_warning(&thin).unwrap();
+        assert!(
+            w.starts_with("1 of 2 entries have fewer than 3 phrasings (track)"),
+            "{w}"
+        );
+        let demo = kb(include_str!("../../../kb/demo.jsonl"));
+        assert_eq!(
+            few_phrasings_warning(&demo),
+            None,
+            "the demo follows its own advice"
+        );
+    }
 }

@@ -26,6 +26,12 @@
 //! - the query does not take the opposite side of a meaning-flip pair from the entry as a
 //!   whole (the entry says only "disable", the query only "enable": no answer, however high
 //!   the score).
+//!
+//! One exception to the score and margin: a query whose terms are exactly those of one of the
+//! entry's phrasings ([`EXACT_COSINE`]: the operator's own question, as a quick-reply button
+//! sends it) is served unless it is in conflict. Building refuses a phrasing shared by two
+//! entries, so an exact match names one entry; without this, an entry of one or two phrasings
+//! could never be served, even for its own question, since its margin is scaled up.
 
 use super::index::{tf_weight, EntryData, Index};
 use super::normalize::normalize;
@@ -36,6 +42,9 @@ use super::{FaqConfig, Hit};
 pub const NEAREST_SHARE: f32 = 0.5;
 /// Factor on the cosine of a phrasing whose negation differs from the query's.
 pub const NEGATION_FACTOR: f32 = 0.85;
+/// Cosine with one phrasing from which a query counts as that phrasing itself (the same
+/// terms; the rest is rounding).
+pub const EXACT_COSINE: f32 = 0.9999;
 
 /// One ranked entry.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +59,8 @@ pub struct Candidate<'a> {
     pub conflict: bool,
     /// Number of phrasings of the entry (the evidence behind its score).
     pub phrasings: u32,
+    /// The query has exactly the terms of one of the entry's phrasings ([`EXACT_COSINE`]).
+    pub exact: bool,
 }
 
 fn locale_ok(entry: &EntryData, query: Option<&str>) -> bool {
@@ -149,8 +160,9 @@ pub(crate) fn rank<'a>(
             .add_row(*t as usize, w * q_scale, &mut by_phrasing);
     }
 
-    // The `k` best (score, entry), best first; on equal scores the earlier entry stays ahead.
-    let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    // The `k` best (score, entry, exact), best first; on equal scores the earlier entry stays
+    // ahead.
+    let mut top: Vec<(f32, usize, bool)> = Vec::with_capacity(k + 1);
     for (e, entry) in idx.entries.iter().enumerate() {
         let (a, b) = (entry.phrasings.0 as usize, entry.phrasings.1 as usize);
         let cosines = by_phrasing.get(a..b).unwrap_or(&[]);
@@ -174,18 +186,18 @@ pub(crate) fn rank<'a>(
             continue;
         }
         let score = (NEAREST_SHARE * nearest + (1.0 - NEAREST_SHARE) * centroid).clamp(0.0, 1.0);
-        if top.len() == k && top.last().is_some_and(|(s, _)| score <= *s) {
+        if top.len() == k && top.last().is_some_and(|(s, _, _)| score <= *s) {
             continue;
         }
         if !locale_ok(entry, locale) {
             continue;
         }
-        let at = top.partition_point(|(s, _)| *s >= score);
-        top.insert(at, (score, e));
+        let at = top.partition_point(|(s, _, _)| *s >= score);
+        top.insert(at, (score, e, nearest >= EXACT_COSINE));
         top.truncate(k);
     }
     top.iter()
-        .filter_map(|(score, e)| {
+        .filter_map(|(score, e, exact)| {
             let entry = idx.entries.get(*e)?;
             Some(Candidate {
                 id: &entry.id,
@@ -193,6 +205,7 @@ pub(crate) fn rank<'a>(
                 score: *score,
                 conflict: q_markers.flip_conflict(&entry.markers),
                 phrasings: entry.phrasings.1.saturating_sub(entry.phrasings.0),
+                exact: *exact,
             })
         })
         .collect()
@@ -218,8 +231,9 @@ pub(crate) fn decide<'a>(ranked: &[Candidate<'a>], cfg: &FaqConfig) -> Option<Hi
         .or(next.last())
         .map_or(0.0, |c| c.score);
     let serve = !best.conflict
-        && best.score >= cfg.min_score
-        && best.score - runner_up >= cfg.margin_for(best.phrasings);
+        && (best.exact
+            || best.score >= cfg.min_score
+                && best.score - runner_up >= cfg.margin_for(best.phrasings));
     serve.then_some(Hit {
         id: best.id,
         answer: best.answer,

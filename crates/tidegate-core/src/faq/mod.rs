@@ -153,6 +153,14 @@ impl KnowledgeBase {
         self.index.entries.iter().map(|e| e.id.as_str())
     }
 
+    /// Every entry's id with its number of phrasings, in knowledge-base order.
+    pub fn phrasing_counts(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.index
+            .entries
+            .iter()
+            .map(|e| (e.id.as_str(), e.phrasings.1.saturating_sub(e.phrasings.0)))
+    }
+
     /// The tags of entry `id`, if it exists.
     pub fn tags(&self, id: &str) -> Option<&[String]> {
         self.index

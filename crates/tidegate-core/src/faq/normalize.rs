@@ -13,8 +13,10 @@
 //! 3. case folding (lowercase, plus `ß` to `ss` and final sigma to sigma), then NFKC again
 //!    because lowercasing can leave a string that is no longer in NFKC;
 //! 4. apostrophes inside a word are dropped (`don't` to `dont`, so contractions stay one
-//!    word), every other punctuation, symbol-like separator, control or whitespace character
-//!    becomes a space;
+//!    word), and so is a hyphen after a word that is a reversing prefix ([`JOINED_PREFIXES`]:
+//!    `un-opened` to `unopened`, `de-activate` to `deactivate`, so the meaning-flip guards
+//!    see the word they know); every other punctuation, symbol-like separator, control or
+//!    whitespace character becomes a space;
 //! 5. runs of spaces collapse to one, and the ends are trimmed.
 //!
 //! The result is idempotent: `normalize(&normalize(s)) == normalize(s)` (property-tested).
@@ -59,8 +61,11 @@ fn normalize_simple(text: &str) -> String {
     let mut pending_space = false;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
+        let next_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
+        if joins_prefix(&out, c, prev_word && next_word) {
+            continue;
+        }
         if is_apostrophe(c) {
-            let next_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
             if !(prev_word && next_word) {
                 pending_space = true;
                 prev_word = false;
@@ -115,8 +120,11 @@ fn separate(text: &str) -> String {
     let mut prev_word = false;
     let mut pending_space = false;
     while let Some(c) = chars.next() {
+        let next_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
+        if joins_prefix(&out, c, prev_word && next_word) {
+            continue;
+        }
         if is_apostrophe(c) {
-            let next_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
             if prev_word && next_word {
                 continue;
             }
@@ -137,6 +145,22 @@ fn separate(text: &str) -> String {
         prev_word = c.is_alphanumeric();
     }
     out
+}
+
+/// Prefixes that reverse the word they are hyphenated to (`un-opened`, `de-activate`,
+/// `dis-connect`): the hyphen is dropped so the word reads as it is usually written. (`non-`
+/// stays a word of its own, a negation: `non opened` reads as not opened.)
+pub const JOINED_PREFIXES: &[&str] = &["un", "de", "dis"];
+
+/// `c` is a hyphen between two word characters (`inside`) and the word before it, as written
+/// to `out` so far, is one of [`JOINED_PREFIXES`].
+fn joins_prefix(out: &str, c: char, inside: bool) -> bool {
+    inside
+        && matches!(c, '-' | '\u{2010}' | '\u{2011}')
+        && out
+            .rsplit(' ')
+            .next()
+            .is_some_and(|w| JOINED_PREFIXES.contains(&w))
 }
 
 fn is_apostrophe(c: char) -> bool {

@@ -262,7 +262,7 @@ fn negate_states(bits: u64) -> u64 {
 const NEGATORS: &[&str] = &[
     "not", "no", "never", "dont", "doesnt", "didnt", "cant", "cannot", "wont", "isnt", "arent",
     "wasnt", "werent", "havent", "hasnt", "hadnt", "couldnt", "shouldnt", "wouldnt", "without",
-    "nothing", "neither", "nor", "unable",
+    "nothing", "neither", "nor", "unable", "non",
 ];
 
 /// CJK negations.
