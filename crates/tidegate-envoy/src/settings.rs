@@ -24,6 +24,8 @@ pub struct EnvoySettings {
     /// decision headers. The chat endpoints, `/healthz` and the `[[limits.api]]` paths are
     /// matched first; any other path not listed here gets a 404 problem, as from the native
     /// gateway. Useful when the filter sits in front of more than the chat origin.
+    /// `envoy/gen-config` also routes these prefixes past the filter, so Envoy does not enter
+    /// the VM for them at all.
     pub pass_through: Vec<String>,
     /// `[envoy.kv]`: the flag and knowledge-base source.
     pub kv: KvSource,
