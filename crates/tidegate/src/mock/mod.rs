@@ -157,7 +157,7 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("mock-origin: no local address")?;
     tracing::info!(%addr, "mock-origin listening");
-    axum::serve(listener, router(args))
+    axum::serve(crate::server::no_delay(listener), router(args))
         .with_graceful_shutdown(async {
             // If the signal handler cannot be installed, serve until the process is killed.
             if tokio::signal::ctrl_c().await.is_err() {
@@ -182,7 +182,7 @@ pub async fn spawn(args: MockArgs) -> anyhow::Result<SocketAddr> {
         .context("mock-origin: no local address")?;
     let app = router(args);
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = axum::serve(crate::server::no_delay(listener), app).await {
             tracing::error!(%err, "mock-origin stopped with an error");
         }
     });
