@@ -31,7 +31,7 @@
 //! to 5-grams, whose hashes would not match today's query terms, and format 2 has no word
 //! groups.
 
-use super::normalize::normalize;
+use super::normalize::{for_markers, normalize};
 use super::tokenize::{group_key, markers, terms, word_group, words, Fnv, Kind, Markers};
 use serde::Deserialize;
 use std::collections::hash_map::Entry as MapEntry;
@@ -181,7 +181,7 @@ pub fn build_artifact(jsonl: &str) -> Result<Vec<u8>, Vec<BuildError>> {
                     owners.insert(norm.clone(), (id.clone(), line));
                 }
             }
-            phrasings.push((markers(&norm), counted_terms(&norm)));
+            phrasings.push((markers(&for_markers(q, &norm)), counted_terms(&norm)));
             for word in words(&norm) {
                 let key = group_key(word);
                 if let MapEntry::Vacant(slot) = groups.entry(key) {

@@ -34,7 +34,7 @@
 //! could never be served, even for its own question, since its margin is scaled up.
 
 use super::index::{tf_weight, EntryData, Index};
-use super::normalize::normalize;
+use super::normalize::{for_markers, normalize};
 use super::tokenize::{group_key, markers, terms, words, Kind};
 use super::{FaqConfig, Hit};
 
@@ -89,7 +89,7 @@ pub(crate) fn rank<'a>(
     if norm.is_empty() || idx.entries.is_empty() || k == 0 {
         return Vec::new();
     }
-    let q_markers = markers(&norm);
+    let q_markers = markers(&for_markers(query, &norm));
     let mut hashes: Vec<u64> = Vec::with_capacity(4 * norm.len());
     terms(&norm, &mut hashes);
     hashes.sort_unstable();

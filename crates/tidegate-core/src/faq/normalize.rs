@@ -17,7 +17,16 @@
 //!    `un-opened` to `unopened`, `de-activate` to `deactivate`, so the meaning-flip guards
 //!    see the word they know); every other punctuation, symbol-like separator, control or
 //!    whitespace character becomes a space;
-//! 5. runs of spaces collapse to one, and the ends are trimmed.
+//! 5. runs of spaces collapse to one, and the ends are trimmed, except after a lone `un`:
+//!    any separator there joins it to the next word (`un opened`, `un/opened`, `un_lock`
+//!    read as `unopened`, `unlock`: a stray space must not drop the prefix that flips the
+//!    meaning).
+//!
+//! [`for_markers`] is the same text with plain whitespace between two CJK characters also
+//! dropped (Chinese and Japanese do not space words: `未 拆封` is `未拆封`, `退 货` is `退货`),
+//! for the meaning-flip guards only. It is not idempotent (a comma between two CJK
+//! characters becomes a space, which a second pass would drop), so terms and the duplicate
+//! check use [`normalize`].
 //!
 //! The result is idempotent: `normalize(&normalize(s)) == normalize(s)` (property-tested).
 //!
@@ -31,10 +40,29 @@ use unicode_normalization::UnicodeNormalization;
 
 /// Normalises `text` for matching (see the module documentation for the steps).
 pub fn normalize(text: &str) -> String {
-    if text.chars().all(is_simple) {
-        return normalize_simple(text);
+    normalize_with(text, false)
+}
+
+/// The text the meaning-flip guards read: `raw` normalised, with plain whitespace between two
+/// CJK characters dropped; `norm` (its [`normalize`]d form) when that changes nothing.
+pub(crate) fn for_markers<'a>(raw: &str, norm: &'a str) -> std::borrow::Cow<'a, str> {
+    let spaced_cjk = norm.as_bytes().iter().enumerate().any(|(i, b)| {
+        *b == b' '
+            && norm[..i].chars().next_back().is_some_and(joins_cjk)
+            && norm[i + 1..].chars().next().is_some_and(joins_cjk)
+    });
+    if spaced_cjk {
+        std::borrow::Cow::Owned(normalize_with(raw, true))
+    } else {
+        std::borrow::Cow::Borrowed(norm)
     }
-    normalize_unicode(text)
+}
+
+fn normalize_with(text: &str, cjk_spaces: bool) -> String {
+    if text.chars().all(is_simple) {
+        return normalize_simple(text, cjk_spaces);
+    }
+    normalize_unicode(text, cjk_spaces)
 }
 
 /// Characters the one-pass path handles (see the module documentation).
@@ -55,32 +83,26 @@ fn is_simple(c: char) -> bool {
 
 /// Steps 3 to 5 in one pass, for text of [`is_simple`] characters only (steps 1 and 2 change
 /// nothing there but turn full-width punctuation and U+3000 into ASCII separators).
-fn normalize_simple(text: &str) -> String {
+fn normalize_simple(text: &str, cjk_spaces: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut prev_word = false;
-    let mut pending_space = false;
+    let mut gap = Gap::new(cjk_spaces);
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         let next_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
-        if joins_prefix(&out, c, prev_word && next_word) {
-            continue;
-        }
         if is_apostrophe(c) {
             if !(prev_word && next_word) {
-                pending_space = true;
+                gap.add(c);
                 prev_word = false;
             }
             continue;
         }
         if is_separator(c) {
-            pending_space = true;
+            gap.add(c);
             prev_word = false;
             continue;
         }
-        if pending_space && !out.is_empty() {
-            out.push(' ');
-        }
-        pending_space = false;
+        gap.close(&mut out, c);
         out.push(c.to_ascii_lowercase());
         prev_word = c.is_alphanumeric();
     }
@@ -88,7 +110,7 @@ fn normalize_simple(text: &str) -> String {
 }
 
 /// The full path: every step with the Unicode tables.
-fn normalize_unicode(text: &str) -> String {
+fn normalize_unicode(text: &str, cjk_spaces: bool) -> String {
     let visible: String = text.chars().filter(|c| !is_invisible(*c)).collect();
     let mut folded = fold_nfkc(&visible);
     // Case folding and NFKC can feed each other for a few exotic characters; a second round
@@ -97,7 +119,7 @@ fn normalize_unicode(text: &str) -> String {
     if again != folded {
         folded = again;
     }
-    separate(&folded)
+    separate(&folded, cjk_spaces)
 }
 
 /// NFKC, case folding, NFKC.
@@ -114,33 +136,27 @@ fn fold_nfkc(text: &str) -> String {
 }
 
 /// Steps 4 and 5: apostrophes, punctuation and whitespace.
-fn separate(text: &str) -> String {
+fn separate(text: &str, cjk_spaces: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     let mut prev_word = false;
-    let mut pending_space = false;
+    let mut gap = Gap::new(cjk_spaces);
     while let Some(c) = chars.next() {
         let next_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
-        if joins_prefix(&out, c, prev_word && next_word) {
-            continue;
-        }
         if is_apostrophe(c) {
             if prev_word && next_word {
                 continue;
             }
-            pending_space = true;
+            gap.add(c);
             prev_word = false;
             continue;
         }
         if is_separator(c) {
-            pending_space = true;
+            gap.add(c);
             prev_word = false;
             continue;
         }
-        if pending_space && !out.is_empty() {
-            out.push(' ');
-        }
-        pending_space = false;
+        gap.close(&mut out, c);
         out.push(c);
         prev_word = c.is_alphanumeric();
     }
@@ -149,18 +165,77 @@ fn separate(text: &str) -> String {
 
 /// Prefixes that reverse the word they are hyphenated to (`un-opened`, `de-activate`,
 /// `dis-connect`): the hyphen is dropped so the word reads as it is usually written. (`non-`
-/// stays a word of its own, a negation: `non opened` reads as not opened.)
+/// stays a word of its own, a negation: `non opened` reads as not opened.) `un`, never a word
+/// of its own in English, joins the next word across any separator.
 pub const JOINED_PREFIXES: &[&str] = &["un", "de", "dis"];
 
-/// `c` is a hyphen between two word characters (`inside`) and the word before it, as written
-/// to `out` so far, is one of [`JOINED_PREFIXES`].
-fn joins_prefix(out: &str, c: char, inside: bool) -> bool {
-    inside
-        && matches!(c, '-' | '\u{2010}' | '\u{2011}')
-        && out
-            .rsplit(' ')
-            .next()
-            .is_some_and(|w| JOINED_PREFIXES.contains(&w))
+/// The separators between two words, as they are read: `len` characters, all whitespace or
+/// not, and whether the only one is a dash.
+struct Gap {
+    len: usize,
+    punctuation: bool,
+    dash: bool,
+    /// Whitespace between two CJK characters joins them ([`for_markers`]).
+    cjk_spaces: bool,
+}
+
+impl Gap {
+    fn new(cjk_spaces: bool) -> Self {
+        Gap {
+            len: 0,
+            punctuation: false,
+            dash: false,
+            cjk_spaces,
+        }
+    }
+
+    fn add(&mut self, c: char) {
+        self.dash = self.len == 0 && is_dash(c);
+        self.punctuation |= !c.is_whitespace();
+        self.len += 1;
+    }
+
+    /// Ends the gap before `next` (a word character): writes the space to `out` unless the
+    /// gap [`joins`](Gap::joins) the words around it, and resets.
+    fn close(&mut self, out: &mut String, next: char) {
+        if self.len > 0 && !out.is_empty() && !self.joins(out, next) {
+            out.push(' ');
+        }
+        *self = Gap::new(self.cjk_spaces);
+    }
+
+    /// A gap that does not separate: one dash after a [`JOINED_PREFIXES`] word, any separator
+    /// after a lone `un`, and for [`for_markers`] whitespace only between two CJK characters.
+    fn joins(&self, out: &str, next: char) -> bool {
+        let before = out.chars().next_back().unwrap_or(' ');
+        if self.cjk_spaces && !self.punctuation && joins_cjk(before) && joins_cjk(next) {
+            return true;
+        }
+        if !next.is_alphanumeric() || joins_cjk(next) {
+            return false;
+        }
+        let word = out.rsplit(' ').next().unwrap_or("");
+        word == "un" || (self.len == 1 && self.dash && JOINED_PREFIXES.contains(&word))
+    }
+}
+
+/// Hyphens and dashes that can join a prefix to its word (NFKC has already made the
+/// full-width and small hyphen-minus plain `-` on the full path).
+fn is_dash(c: char) -> bool {
+    matches!(c, '-' | '_' | '\u{2010}'..='\u{2015}' | '\u{2212}')
+}
+
+/// Characters of scripts written without spaces between words: Han, kana.
+pub(crate) fn joins_cjk(c: char) -> bool {
+    matches!(
+        c,
+        '\u{3040}'..='\u{30FF}'
+            | '\u{3005}'..='\u{3007}'
+            | '\u{3400}'..='\u{4DBF}'
+            | '\u{4E00}'..='\u{9FFF}'
+            | '\u{F900}'..='\u{FAFF}'
+            | '\u{20000}'..='\u{2FA1F}'
+    )
 }
 
 fn is_apostrophe(c: char) -> bool {
@@ -242,7 +317,7 @@ fn is_separator(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{normalize, normalize_unicode};
+    use super::{for_markers, normalize, normalize_unicode};
     use proptest::prelude::*;
 
     #[test]
@@ -296,6 +371,35 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_space_does_not_split_a_word_that_flips_meaning() {
+        // Found by testing: `未 拆封` and `un opened` lost the part that flips the meaning
+        // and were served the opposite answer (`已拆封`, `opened`); `退 货` was served 退款.
+        let m = |q: &str| for_markers(q, &normalize(q)).into_owned();
+        assert_eq!(m("未 拆封的教材"), "未拆封的教材");
+        assert_eq!(m("未\u{3000}拆封"), "未拆封");
+        assert_eq!(m("怎么申请退 货"), "怎么申请退货");
+        assert_eq!(m("カタ カナ"), "カタカナ");
+        assert_eq!(m("退款，怎么申请"), "退款 怎么申请");
+        assert_eq!(m("un 退款 refund"), "un 退款 refund");
+        assert_eq!(normalize("未 拆封"), "未 拆封");
+        for q in [
+            "an un opened book",
+            "an un_opened book",
+            "an un\u{2013}opened book",
+        ] {
+            assert_eq!(normalize(q), "an unopened book", "{q}");
+        }
+        assert_eq!(normalize("un/opened, UN.opened"), "unopened unopened");
+        assert_eq!(
+            normalize("de-activate, de\u{2014}activate"),
+            "deactivate deactivate"
+        );
+        // Only a lone dash joins `de`/`dis`; punctuation between CJK still separates.
+        assert_eq!(normalize("de - activate"), "de activate");
+        assert_eq!(normalize("un 退款"), "un 退款");
+    }
+
+    #[test]
     fn half_width_katakana_become_full_width() {
         assert_eq!(normalize("ｶﾀｶﾅ"), "カタカナ");
     }
@@ -311,12 +415,13 @@ mod tests {
 
         #[test]
         fn one_pass_path_matches_the_unicode_path(s in "[ -~\t\n\r\x00-\x1f\x7f]{0,60}") {
-            prop_assert_eq!(normalize(&s), normalize_unicode(&s));
+            prop_assert_eq!(normalize(&s), normalize_unicode(&s, false));
         }
 
         #[test]
         fn one_pass_path_matches_on_chinese(s in "[a-zA-Z0-9 ,.?!'\u{4E00}-\u{4E20}\u{9FF0}-\u{9FFF}\u{3000}-\u{3002}\u{300A}-\u{3011}\u{FF01}\u{FF0C}\u{FF1A}\u{FF1B}\u{FF1F}]{0,40}") {
-            prop_assert_eq!(normalize(&s), normalize_unicode(&s));
+            prop_assert_eq!(normalize(&s), normalize_unicode(&s, false));
+            prop_assert_eq!(super::normalize_with(&s, true), normalize_unicode(&s, true));
         }
 
         #[test]

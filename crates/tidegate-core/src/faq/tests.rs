@@ -533,3 +533,41 @@ fn an_entry_serves_its_own_phrasing_whatever_its_evidence() {
     assert!(flip.rank("How do I disable alerts?", None, 1)[0].conflict);
     assert_eq!(served(&flip, "How do I disable alerts?"), None);
 }
+
+// Regression (fault class: opposite question), found by a tester: a space, an ideographic
+// space or a stray punctuation mark split the part that flips the meaning from its word
+// (`未 拆封`, `un opened`, `un/opened`), or one Chinese word in two (`退 货`), and the demo
+// served the opposite answer; without the space the same question was a safe miss.
+#[test]
+fn regression_a_stray_space_does_not_flip_the_answer() {
+    let demo = demo();
+    for (q, wrong) in [
+        ("未 拆封的教材能退货吗", "zh-return-opened"),
+        ("没有 拆封的教材能退货吗", "zh-return-opened"),
+        ("未\u{3000}拆封的教材能退货吗", "zh-return-opened"),
+        ("Can I return an un opened book?", "return-opened-book"),
+        ("Can I return an un_opened book?", "return-opened-book"),
+        (
+            "Can I return an un\u{2013}opened book?",
+            "return-opened-book",
+        ),
+        ("Can I return an un/opened book?", "return-opened-book"),
+        ("Can I return an un.opened book?", "return-opened-book"),
+        ("怎么申请退 货", "zh-refund-policy"),
+        ("怎么申请退\u{3000}货", "zh-refund-policy"),
+    ] {
+        assert_ne!(served(&demo, q).as_deref(), Some(wrong), "{q}");
+    }
+    let kb = kb(
+        r#"{"id": "lock", "questions": ["How do I lock my account?", "lock my account", "I want to lock my account"], "answer": "Settings > Lock."}
+{"id": "bind", "questions": ["怎么绑定微信", "如何绑定微信账号", "绑定微信"], "answer": "设置 > 绑定。"}"#,
+    );
+    for q in [
+        "How do I un lock my account?",
+        "取消绑定微信",
+        "怎么取消绑定微信账号",
+    ] {
+        assert!(kb.rank(q, None, 1)[0].conflict, "{q}");
+        assert_eq!(served(&kb, q), None, "{q}");
+    }
+}

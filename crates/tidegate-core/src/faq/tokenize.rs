@@ -197,7 +197,14 @@ const FLIP_GROUPS: &[(&[&str], &[&str])] = &[
     ),
     (
         &["link", "linked", "bind", "绑定"],
-        &["unlink", "unlinked", "unbind", "解绑", "解除绑定"],
+        &[
+            "unlink",
+            "unlinked",
+            "unbind",
+            "解绑",
+            "解除绑定",
+            "取消绑定",
+        ],
     ),
     (
         &["log in", "login", "sign in", "signin", "登录", "登陆"],
@@ -269,16 +276,7 @@ const NEGATORS: &[&str] = &[
 const CJK_NEGATORS: &[&str] = &["不", "没", "未", "无法", "别", "非"];
 
 fn is_cjk(c: char) -> bool {
-    matches!(
-        c,
-        '\u{3040}'..='\u{30FF}'
-            | '\u{3005}'..='\u{3007}'
-            | '\u{3400}'..='\u{4DBF}'
-            | '\u{4E00}'..='\u{9FFF}'
-            | '\u{AC00}'..='\u{D7AF}'
-            | '\u{F900}'..='\u{FAFF}'
-            | '\u{20000}'..='\u{2FA1F}'
-    )
+    super::normalize::joins_cjk(c) || ('\u{AC00}'..='\u{D7AF}').contains(&c)
 }
 
 /// One run of the text.
