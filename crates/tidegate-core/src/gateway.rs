@@ -68,9 +68,13 @@ pub struct Client {
 impl Client {
     /// Whom a challenge pass is remembered for: the user, else the IP.
     pub fn subject(&self) -> String {
-        match &self.user {
+        Client::subject_of(self.user.as_deref(), self.ip)
+    }
+
+    fn subject_of(user: Option<&str>, ip: IpAddr) -> String {
+        match user {
             Some(u) => format!("u:{u}"),
-            None => format!("ip:{}", self.ip),
+            None => format!("ip:{ip}"),
         }
     }
 }
@@ -119,8 +123,8 @@ pub struct Answer {
     pub handoff: Option<HttpCall>,
     /// True when the conversation is now with a human.
     pub handed_off: bool,
-    /// The conversation handed over; give it back with [`crate::handoff::release`] if the
-    /// Chatwoot call cannot be delivered.
+    /// The conversation handed over, [`crate::handoff::scoped`] to its client; give it back
+    /// with [`crate::handoff::release`] if the Chatwoot call cannot be delivered.
     pub conversation: Option<String>,
     /// The tier in force.
     pub tier: Tier,
@@ -333,8 +337,9 @@ impl Gateway {
         // The body's id is the origin's own (Dify); it wins, and a handoff on either id
         // silences the bot, so a client cannot talk past a handoff by adding a header.
         let conversation = req.conversation_id.clone().or_else(|| header_conv.clone());
+        let subject = Client::subject_of(user.as_deref(), ip);
         for conv in [&req.conversation_id, &header_conv].into_iter().flatten() {
-            match handoff::is_handed_off(store, conv) {
+            match handoff::is_handed_off(store, &handoff::scoped(&subject, conv)) {
                 Ok(true) => return Err(refuse(handoff::handed_off_problem(), limits)),
                 Ok(false) => {}
                 Err(e) => self
@@ -434,13 +439,17 @@ impl Gateway {
             }
         }
         let reserved = if cap > 0 { estimate } else { 0 };
-        let mut delay_ms = 0;
+        // Every limit with a queue (`max_wait_ms`) may have admitted this request for a later
+        // slot: it waits for the latest of them, so the origin never sees a burst past any.
+        let waited = |o: &Outcome| match o.verdict {
+            Verdict::Delay { wait_ms } => wait_ms,
+            _ => 0,
+        };
+        let mut delay_ms = limits.iter().map(waited).max().unwrap_or(0);
         if let Some(q) = self.cfg.origin_quota() {
             match self.limit(store, "origin", &q, now) {
                 Ok(Some(o)) => {
-                    if let Verdict::Delay { wait_ms } = o.verdict {
-                        delay_ms = wait_ms;
-                    }
+                    delay_ms = delay_ms.max(waited(&o));
                     limits.push(o);
                 }
                 Ok(None) => {}
@@ -545,11 +554,12 @@ impl Gateway {
             // silent with no human behind it.
             return Settlement::default();
         }
-        match handoff::claim(store, conv, now) {
+        let scoped = handoff::scoped(&admitted.client.subject(), conv);
+        match handoff::claim(store, &scoped, now) {
             Ok(true) => Settlement {
                 handoff: call,
                 handed_off: true,
-                conversation: Some(conv.clone()),
+                conversation: Some(scoped),
             },
             Ok(false) => Settlement {
                 handoff: None,

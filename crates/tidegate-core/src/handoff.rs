@@ -4,6 +4,10 @@
 //! write (`handoff:<conversation>`); only that request calls Chatwoot's `toggle_status`, so
 //! concurrent failures cannot hand over twice. Afterwards the bot stays silent for that
 //! conversation.
+//!
+//! The mark is kept per client ([`scoped`]: the user id, or the IP without one) and
+//! conversation id: conversation ids are client-supplied and often sequential (Chatwoot's),
+//! so a mark by id alone let any client silence anyone's conversation.
 
 use serde_json::Value;
 
@@ -14,6 +18,12 @@ use crate::time::UnixMs;
 
 fn key(conversation: &str) -> String {
     format!("handoff:{conversation}")
+}
+
+/// The conversation as the handoff functions take it: `subject` (the client's
+/// [`crate::gateway::Client::subject`]) and the conversation id.
+pub fn scoped(subject: &str, conversation: &str) -> String {
+    format!("{subject}/{conversation}")
 }
 
 /// Claims the handoff of `conversation`. `Ok(true)`: this caller won and must notify

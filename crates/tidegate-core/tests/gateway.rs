@@ -222,6 +222,33 @@ fn origin_cap_queues_then_refuses_with_retry_after() {
     assert!(r.problem.retry_after.unwrap() >= 1);
 }
 
+// Found by testing: `max_wait_ms` on the user (or IP) limit admitted a burst for later slots
+// but only the origin cap's wait was applied, so 10 requests of a 5-per-10-s user reached the
+// origin at once.
+#[test]
+fn regression_user_and_ip_queues_delay_the_forwarded_request() {
+    let g = gw(
+        "[limits.user]\nlimit = 2\nwindow_secs = 10\nmax_wait_ms = 10000\n\
+                [limits.ip]\nlimit = 0\n[limits.origin]\nlimit = 0",
+    );
+    let s = MemoryStore::new();
+    let b = body("hi", false);
+    let mut delays = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        match g.admit(&s, &facts(&b, "u1", None, T0)) {
+            Ok(a) => match g.plan(&s, &a, None, None, &Challenge::Passed, T0) {
+                Plan::Forward(f) => delays.push(f.delay_ms),
+                other => panic!("expected a forward, got {other:?}"),
+            },
+            Err(_) => refused += 1,
+        }
+    }
+    // Two at once, then one slot every 5 s for the 10 s the queue may wait.
+    assert_eq!(delays, vec![0, 0, 5_000, 10_000]);
+    assert_eq!(refused, 2);
+}
+
 #[test]
 fn oversized_and_malformed_bodies_are_clear_errors() {
     let cfg = "[client]\nmax_body_bytes = 256\ntrusted_proxies = [\"127.0.0.1\"]";
@@ -272,12 +299,18 @@ fn an_undelivered_handoff_gives_the_conversation_back() {
     let Plan::Answer(ans) = g.origin_failed(&s, &a, &f, Some(502), None, T0) else {
         panic!("expected the template")
     };
-    assert_eq!(ans.conversation.as_deref(), Some("88"));
+    assert_eq!(ans.conversation.as_deref(), Some("u:u1/88"));
     assert!(
         g.admit(&s, &facts(&b, "u1", Some("88"), T0)).is_err(),
         "silent while handed off"
     );
-    tidegate_core::handoff::release(&s, "88").unwrap();
+    // Found by testing: the mark was kept by conversation id alone, so any client could
+    // silence anyone's conversation by sending its (sequential) id and a failing question.
+    assert!(
+        g.admit(&s, &facts(&b, "u2", Some("88"), T0)).is_ok(),
+        "another client's conversation 88 is not silenced"
+    );
+    tidegate_core::handoff::release(&s, "u:u1/88").unwrap();
     assert!(
         g.admit(&s, &facts(&b, "u1", Some("88"), T0)).is_ok(),
         "back with the bot"
