@@ -549,8 +549,9 @@ mod tests {
         // is not. The admit stage only reads that cell, so no compare-and-swap would catch it.
         let gw = gateway("");
         let mut m = Mem::new();
-        tidegate_core::handoff::claim(&m.cells, "c9", UnixMs(1_000)).unwrap();
-        let key = "handoff:c9";
+        let conv = tidegate_core::handoff::scoped("u:alice", "c9");
+        tidegate_core::handoff::claim(&m.cells, &conv, UnixMs(1_000)).unwrap();
+        let key = "handoff:u:alice/c9";
         assert!(m.cells.load(key).unwrap().is_some(), "claim writes {key}");
         m.stale.insert(key.into(), None);
         let r = admit(&gw, &m, Some("c9")).unwrap_err();
