@@ -7,9 +7,19 @@ use regex_lite::Regex;
 
 use super::config::{ValidationConfig, MAX_CODE_LEN, MAX_REPLACEMENT_CHARS};
 
-/// True for the characters words are made of: ASCII letters, digits, `-` and `_`.
+/// True for the characters words are made of: ASCII letters, digits, `-` and `_` (after
+/// [`fold`]).
 fn is_word_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// The full-width forms of ASCII (`Ａ`, `１`, `－`: what a Chinese or Japanese reply may write
+/// a code in) read as ASCII, so `ＦＡＫＥ２０２４` is judged like `FAKE2024`.
+fn fold(c: char) -> char {
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+        _ => c,
+    }
 }
 
 /// A compiled [`ValidationConfig`]: decides whether a word is code-shaped.
@@ -215,8 +225,10 @@ impl CodeSet {
 /// everything else is released as soon as it is fed.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Scanner {
-    /// The unfinished word that may still be a code.
+    /// The unfinished word that may still be a code, as written.
     held: String,
+    /// The same word [`fold`]ed to ASCII, as it is judged.
+    folded: String,
     /// Inside a word that can no longer be a code: release its characters at once.
     in_plain_word: bool,
 }
@@ -236,18 +248,21 @@ impl Scanner {
             return;
         }
         for c in text.chars() {
-            if !is_word_char(c) {
+            let a = fold(c);
+            if !is_word_char(a) {
                 self.settle(v, codes, out, tally);
                 self.in_plain_word = false;
                 out.push(c);
             } else if self.in_plain_word {
                 out.push(c);
-            } else if v.in_alphabet(c) && self.held.len() < v.max_len {
+            } else if v.in_alphabet(a) && self.folded.len() < v.max_len {
                 self.held.push(c);
+                self.folded.push(a);
             } else {
                 // This word can no longer be a code: too long, or a character codes lack.
                 out.push_str(&self.held);
                 self.held.clear();
+                self.folded.clear();
                 out.push(c);
                 self.in_plain_word = true;
             }
@@ -276,8 +291,8 @@ impl Scanner {
         if self.held.is_empty() {
             return;
         }
-        if v.is_code_shaped(&self.held) {
-            if codes.contains(&self.held) {
+        if v.is_code_shaped(&self.folded) {
+            if codes.contains(&self.folded) {
                 tally.kept = tally.kept.saturating_add(1);
                 out.push_str(&self.held);
             } else {
@@ -288,6 +303,7 @@ impl Scanner {
             out.push_str(&self.held);
         }
         self.held.clear();
+        self.folded.clear();
     }
 }
 
@@ -323,6 +339,29 @@ mod tests {
         ] {
             assert!(!v.is_code_shaped(w), "{w}");
         }
+    }
+
+    #[test]
+    fn regression_full_width_codes_are_judged_like_ascii() {
+        // Found by testing: an invented code written in full-width forms, as a Chinese reply
+        // may write it, went out unchanged.
+        let v = v();
+        let codes = CodeSet::parse("SPRING618");
+        let (out, t) = v.rewrite("用ＦＡＫＥ２０２４Ｘ下单，或ＳＰＲＩＮＧ６１８。", &codes);
+        assert!(!out.contains("ＦＡＫＥ"), "{out}");
+        assert!(
+            out.contains("ＳＰＲＩＮＧ６１８"),
+            "a valid code is kept as written: {out}"
+        );
+        assert_eq!((t.replaced, t.kept), (1, 1));
+        // Split across pieces, as a stream delivers it.
+        let mut s = Scanner::default();
+        let (mut out, mut t) = (String::new(), Tally::default());
+        for piece in ["用ＦＡＫ", "Ｅ２０", "２４Ｘ下单"] {
+            s.feed(piece, &v, &codes, &mut out, &mut t);
+        }
+        s.flush(&v, &codes, &mut out, &mut t);
+        assert_eq!(t.replaced, 1, "{out}");
     }
 
     #[test]
