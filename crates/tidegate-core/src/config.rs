@@ -470,7 +470,14 @@ impl Config {
                 "timeouts must be positive and total_timeout_ms >= first_byte_timeout_ms",
             ));
         }
-        if self.mode == Mode::Production && self.server.admin_token.len() < 16 {
+        let token = &self.server.admin_token;
+        if token.trim() != token {
+            return Err(ConfigError::new(
+                "server.admin_token",
+                "has leading or trailing whitespace, which no client can send in a header",
+            ));
+        }
+        if self.mode == Mode::Production && token.trim().len() < 16 {
             return Err(ConfigError::new(
                 "server.admin_token",
                 "production mode needs an admin token of at least 16 characters",
@@ -521,8 +528,13 @@ impl Config {
                     "is required when enabled",
                 ));
             }
-            if self.mode == Mode::Production && TURNSTILE_TEST_SECRETS.contains(&t.secret.as_str())
-            {
+            if t.secret.trim() != t.secret {
+                return Err(ConfigError::new(
+                    "turnstile.secret",
+                    "has leading or trailing whitespace, which Turnstile would refuse",
+                ));
+            }
+            if self.mode == Mode::Production && TURNSTILE_TEST_SECRETS.contains(&t.secret.trim()) {
                 return Err(ConfigError::new(
                     "turnstile.secret",
                     "is a public Turnstile test secret, which accepts or refuses everything; \
@@ -711,6 +723,35 @@ mod tests {
     fn the_documented_example_is_exactly_the_defaults() {
         let doc = include_str!("../../../docs/tidegate.example.toml");
         assert_eq!(Config::from_toml(doc).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn regression_production_checks_are_not_bypassed_by_whitespace() {
+        // Found by testing: the Turnstile test secret wrapped in spaces and an admin token of
+        // 20 spaces both passed `tidegate check-config` in production mode.
+        for (doc, field) in [
+            (
+                "mode = \"production\"\n[server]\nadmin_token = \"0123456789abcdefXYZ\"\n\
+                 [turnstile]\nenabled = true\n\
+                 secret = \" 1x0000000000000000000000000000000AA \"",
+                "turnstile.secret",
+            ),
+            (
+                "[turnstile]\nenabled = true\nsecret = \"0x4AAAAAAAreal\\n\"",
+                "turnstile.secret",
+            ),
+            (
+                "mode = \"production\"\n[server]\nadmin_token = \"                    \"",
+                "server.admin_token",
+            ),
+            (
+                "[server]\nadmin_token = \" 0123456789abcdefXYZ\"",
+                "server.admin_token",
+            ),
+        ] {
+            let e = Config::from_toml(doc).unwrap_err();
+            assert_eq!(e.field, field, "{doc}: {e}");
+        }
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -13,7 +15,13 @@ use axum::{Json, Router};
 use tidegate_core::faq;
 use tidegate_core::{budget, Problem, Reason};
 
-use crate::server::{now, problem, App, KB_KEY};
+use crate::server::{now, problem, read_body, App, KB_KEY};
+
+/// Largest knowledge base (JSONL) or flag value the admin API takes: the most one Workers KV
+/// value may hold.
+pub const MAX_UPLOAD_BYTES: usize = 25 * 1024 * 1024;
+/// How long an admin upload may take (a 25 MiB knowledge base over a slow link).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn admin_problem(status: u16, title: &str, detail: impl Into<String>) -> Response {
     problem(Problem::new(Reason::BadRequest, status, title, detail))
@@ -70,8 +78,13 @@ async fn get_flag(State(app): State<Arc<App>>, Path(key): Path<String>) -> Respo
 async fn put_flag(
     State(app): State<Arc<App>>,
     Path(key): Path<String>,
-    body: axum::body::Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
+    let body = match read_body(&headers, body, MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await {
+        Ok(b) => b,
+        Err(p) => return problem(p),
+    };
     let cfg = app.gw.config();
     let text = String::from_utf8_lossy(&body);
     if key == cfg.tiers.flag_key && tidegate_core::tier::Tier::parse(&text).is_none() {
@@ -86,7 +99,7 @@ async fn put_flag(
     }
     if key == KB_KEY {
         if let Err(e) = faq::KnowledgeBase::from_artifact(&body) {
-            return admin_problem(422, "Invalid artefact", format!("{e:?}"));
+            return admin_problem(422, "Invalid artefact", e.to_string());
         }
     }
     if let Err(e) = app.kv.put(&key, &body) {
@@ -111,7 +124,11 @@ async fn delete_flag(State(app): State<Arc<App>>, Path(key): Path<String>) -> Re
 }
 
 /// `PUT /admin/kb`: a knowledge base in JSONL, built and stored (errors name the line).
-async fn put_kb(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+async fn put_kb(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&headers, body, MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await {
+        Ok(b) => b,
+        Err(p) => return problem(p),
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return admin_problem(
             400,
@@ -122,7 +139,7 @@ async fn put_kb(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Respons
     let artefact = match faq::build_artifact(text) {
         Ok(a) => a,
         Err(errs) => {
-            let lines: Vec<String> = errs.iter().map(|e| format!("{e:?}")).collect();
+            let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
             return admin_problem(422, "Knowledge base rejected", lines.join("; "));
         }
     };

@@ -30,7 +30,7 @@ pub enum KbCommand {
         /// Knowledge base: JSONL source or a built artefact.
         #[arg(long)]
         kb: PathBuf,
-        /// JSONL queries: `{"text": "...", "expected": "entry-id" | null}`.
+        /// JSONL queries: `{"text": "...", "expected": "entry-id" | null}` (both keys required).
         #[arg(long)]
         queries: PathBuf,
         /// Write the summary and every query's ranking to this JSON file.
@@ -215,10 +215,20 @@ fn load_kb(path: &Path) -> Result<(KnowledgeBase, usize, f64)> {
     Ok((kb, bytes.len(), started.elapsed().as_secs_f64() * 1e3))
 }
 
-#[derive(Deserialize)]
+/// One labelled query. `expected` must be present (`null` for a should-miss query) and other
+/// keys are refused: a misspelt `expected` must not turn a query into a should-miss one.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
 struct Query {
     text: String,
+    #[serde(deserialize_with = "required")]
     expected: Option<String>,
+}
+
+/// An `Option` field that must be present, though it may be `null` (serde's derive treats a
+/// missing `Option` as `None` unless the field has its own deserializer).
+fn required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::deserialize(d)
 }
 
 /// One candidate in the JSON report.
@@ -351,10 +361,8 @@ fn served_by(top: &[Scored], cfg: &FaqConfig) -> Option<String> {
     KnowledgeBase::decide(&ranked, cfg).map(|h| h.id.to_owned())
 }
 
-fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Result<Report> {
-    let (kb, artefact_bytes, load_ms) = load_kb(kb_path)?;
-    let src = std::fs::read_to_string(queries_path)
-        .with_context(|| format!("reading {}", queries_path.display()))?;
+/// The labelled queries of a JSONL file; errors name the file and the line.
+fn read_queries(src: &str, queries_path: &Path, kb: &KnowledgeBase) -> Result<Vec<Query>> {
     let mut queries = Vec::new();
     for (i, line) in src.lines().enumerate() {
         if line.trim().is_empty() {
@@ -376,6 +384,14 @@ fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Re
     if queries.is_empty() {
         bail!("{}: no queries", queries_path.display());
     }
+    Ok(queries)
+}
+
+fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Result<Report> {
+    let (kb, artefact_bytes, load_ms) = load_kb(kb_path)?;
+    let src = std::fs::read_to_string(queries_path)
+        .with_context(|| format!("reading {}", queries_path.display()))?;
+    let queries = read_queries(&src, queries_path, &kb)?;
 
     let started = Instant::now();
     let mut results: Vec<(Option<String>, Vec<Scored>)> = Vec::with_capacity(queries.len());
@@ -550,5 +566,33 @@ mod tests {
             None,
             "the demo follows its own advice"
         );
+    }
+
+    #[test]
+    fn regression_a_misspelt_or_missing_expected_is_refused() {
+        // Found by testing: `"expect"` instead of `"expected"` made every query a should-miss
+        // one, and the report showed 100% false serves.
+        let demo = kb(include_str!("../../../kb/demo.jsonl"));
+        let id = demo.ids().next().unwrap().to_owned();
+        let path = Path::new("q.jsonl");
+        let ok = format!(
+            "{{\"text\": \"a\", \"expected\": \"{id}\"}}\n\n\
+             {{\"text\": \"b\", \"expected\": null}}\n"
+        );
+        let qs = read_queries(&ok, path, &demo).unwrap();
+        assert_eq!(qs[0].expected.as_deref(), Some(id.as_str()));
+        assert_eq!(qs[1].expected, None);
+        for (bad, what) in [
+            (
+                format!("{{\"text\": \"b\", \"expect\": \"{id}\"}}"),
+                "unknown field `expect`",
+            ),
+            ("{\"text\": \"b\"}".to_owned(), "missing field `expected`"),
+        ] {
+            let src = format!("{{\"text\": \"a\", \"expected\": null}}\n\n{bad}\n");
+            let e = format!("{:#}", read_queries(&src, path, &demo).unwrap_err());
+            assert!(e.starts_with("q.jsonl:3: "), "{e}");
+            assert!(e.contains(what), "{e}");
+        }
     }
 }

@@ -330,37 +330,51 @@ pub fn problem(p: Problem) -> Response {
 /// How long a client may take to send its request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
-async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Response> {
-    let Ok(read) = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, max)).await
-    else {
-        return Err(problem(Problem::new(
+/// Reads a request body of at most `max` bytes within `timeout`. A declared `Content-Length`
+/// above `max` is refused at once, before any of the body is read. The error is the problem to
+/// send; its code is the reason to count.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+) -> Result<bytes::Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            Reason::TooLarge,
+            413,
+            "Request too large",
+            format!("the request body exceeds {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let Ok(read) = tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await else {
+        return Err(Problem::new(
             Reason::BadRequest,
             408,
             "Request timeout",
             format!(
                 "the request body did not arrive within {} s",
-                BODY_READ_TIMEOUT.as_secs()
+                timeout.as_secs()
             ),
-        )));
+        ));
     };
-    match read {
-        Ok(b) => Ok(b),
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            Err(problem(if too_large {
-                Problem::new(
-                    Reason::TooLarge,
-                    413,
-                    "Request too large",
-                    format!("the request body exceeds {max} bytes"),
-                )
-            } else {
-                Problem::bad_request(format!("could not read the request body: {e}"))
-            }))
+    read.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if over {
+            too_large()
+        } else {
+            Problem::bad_request(format!("could not read the request body: {e}"))
         }
-    }
+    })
 }
 
 async fn chat(
@@ -372,11 +386,12 @@ async fn chat(
 ) -> Response {
     let now = now();
     let cfg = app.gw.config();
-    let bytes = match read_body(body, cfg.client.max_body_bytes).await {
+    let bytes = match read_body(&headers, body, cfg.client.max_body_bytes, BODY_READ_TIMEOUT).await
+    {
         Ok(b) => b,
-        Err(resp) => {
-            app.metrics.decision(Reason::TooLarge);
-            return resp;
+        Err(p) => {
+            app.metrics.decision(reason_of(&p));
+            return problem(p);
         }
     };
     let forwarded_for = header(&headers, "x-forwarded-for");
@@ -716,6 +731,53 @@ pub(crate) type NoDelay =
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    /// A gateway on a loopback port, with its own data directory and no origin.
+    async fn serve_test_app(name: &str) -> (Arc<App>, SocketAddr) {
+        let dir = std::env::temp_dir().join(format!("tidegate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = Config::default();
+        cfg.origin.url = "http://127.0.0.1:9".into();
+        cfg.server.admin_token = TOKEN.into();
+        let app = build_app(cfg, &dir, false).await.unwrap();
+        // The open store keeps working once unlinked (Unix); nothing is left behind.
+        let _ = std::fs::remove_dir_all(&dir);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, svc).await });
+        (app, addr)
+    }
+
+    /// Sends raw bytes and returns what came back within 5 s (the whole response when the
+    /// server answers at once; an unanswered request comes back empty).
+    async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.parse::<usize>().ok());
+                if len.is_some_and(|n| body.len() >= n) {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 
     #[test]
     fn regression_distinct_raw_header_values_stay_distinct() {
@@ -772,6 +834,93 @@ mod tests {
         assert!(
             !s.nodelay().unwrap(),
             "the check can fail: a plain socket has Nagle on"
+        );
+    }
+
+    #[tokio::test]
+    async fn regression_kb_upload_takes_more_than_2_mb_and_refuses_as_problem_json() {
+        // Found by testing: `kb push` of a knowledge base over 2 MB got axum's plain-text 413,
+        // and a rejected one a 422 whose detail was Rust debug text.
+        let (_app, addr) = serve_test_app("kb-upload").await;
+        let answer = "x".repeat(60_000);
+        let entry = |i| {
+            serde_json::json!({"id": format!("e{i}"), "questions": [format!("question {i}")],
+                "answer": answer})
+        };
+        let kb: String = (0..50).map(|i| format!("{}\n", entry(i))).collect();
+        assert!(kb.len() > 2_500_000);
+        let http = reqwest::Client::new();
+        let put = |body: String| {
+            http.put(format!("http://{addr}/admin/kb"))
+                .bearer_auth(TOKEN)
+                .body(body)
+                .send()
+        };
+        let r = put(kb).await.unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let r = put(
+            "{\"id\": \"a\", \"questions\": [\"q\"], \"answer\": \"a\"}\n{\"id\": \"a\"}".into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 422);
+        let p: serde_json::Value = r.json().await.unwrap();
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.starts_with("line 2: "), "{detail}");
+        let over = format!(
+            "PUT /admin/kb HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            crate::admin::MAX_UPLOAD_BYTES + 1
+        );
+        let resp = raw(addr, over.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+        assert!(resp.contains("application/problem+json"), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn regression_body_read_failures_are_counted_under_their_own_reason() {
+        // Found by testing: a bad chunk and a Content-Length + Transfer-Encoding request got a
+        // 400 `bad_request` but were counted as `too_large` in /metrics.
+        let (app, addr) = serve_test_app("body-reasons").await;
+        for req in [
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\
+             connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\nhello",
+        ] {
+            let resp = raw(addr, req.as_bytes()).await;
+            assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+            assert!(resp.contains("bad_request"), "{resp}");
+        }
+        let m = app.metrics.render();
+        assert!(
+            m.contains("tidegate_decisions_total{reason=\"bad_request\"} 2"),
+            "{m}"
+        );
+        assert!(
+            m.contains("tidegate_decisions_total{reason=\"too_large\"} 0"),
+            "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn regression_declared_oversize_body_is_refused_at_once() {
+        // Found by testing: a Content-Length above `max_body_bytes` waited 15 s for the body
+        // and then got a 408 instead of the 413.
+        let (app, addr) = serve_test_app("declared-oversize").await;
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n",
+            app.gw.config().client.max_body_bytes + 1
+        );
+        let resp = raw(addr, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+        assert!(resp.contains("application/problem+json"), "{resp}");
+        assert!(
+            app.metrics
+                .render()
+                .contains("tidegate_decisions_total{reason=\"too_large\"} 1"),
+            "counted as too large"
         );
     }
 }

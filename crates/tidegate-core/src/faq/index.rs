@@ -5,10 +5,11 @@
 //! One JSON object a line: `{"id": "refund-window", "questions": ["...", "..."],
 //! "answer": "...", "locale": "en", "tags": ["promo"]}`; `locale` and `tags` are optional,
 //! unknown fields are an error (a typo such as `"question"` must not be silently ignored).
-//! Blank lines are skipped. Building rejects, with the 1-based line number: bad JSON, empty or
-//! duplicate ids, empty answers, entries without phrasings, phrasings that normalise to
-//! nothing, and a phrasing shared by two entries (after normalisation). A phrasing repeated
-//! within one entry is kept once.
+//! Blank lines are skipped. An id goes out in a response header (`x-tidegate-faq-id`), so it
+//! must be printable ASCII without spaces (`!` to `~`). Building rejects, with the 1-based line
+//! number: bad JSON, empty, duplicate or ill-formed ids, empty answers, entries without
+//! phrasings, phrasings that normalise to nothing, and a phrasing shared by two entries (after
+//! normalisation). A phrasing repeated within one entry is kept once.
 //!
 //! # Artefact format (version 3, integers are LEB128 varints unless noted)
 //! ```text
@@ -126,6 +127,13 @@ pub fn build_artifact(jsonl: &str) -> Result<Vec<u8>, Vec<BuildError>> {
         }
         if id.len() > MAX_ID {
             err(format!("`id` is longer than {MAX_ID} bytes"));
+            continue;
+        }
+        if !id.bytes().all(|b| b.is_ascii_graphic()) {
+            err(format!(
+                "`id` {id:?} may hold only printable ASCII without spaces (`!` to `~`): it is \
+                 sent in the `x-tidegate-faq-id` header"
+            ));
             continue;
         }
         match ids.entry(id.clone()) {
@@ -849,7 +857,7 @@ mod tests {
     use super::*;
 
     const KB: &str = r#"{"id": "refund", "questions": ["How do I get a refund?", "refund please"], "answer": "Within 7 days.", "locale": "en"}
-{"id": "退款", "questions": ["怎么退款", "退款多久到账"], "answer": "7天内原路退回。", "locale": "zh", "tags": ["refund"]}
+{"id": "refund-zh", "questions": ["怎么退款", "退款多久到账"], "answer": "7天内原路退回。", "locale": "zh", "tags": ["refund"]}
 "#;
 
     #[test]
@@ -857,7 +865,7 @@ mod tests {
         let a = build_artifact(KB).unwrap();
         let idx = Index::load(&a).unwrap();
         assert_eq!(idx.entries.len(), 2);
-        assert_eq!(idx.entries[1].id, "退款");
+        assert_eq!(idx.entries[1].id, "refund-zh");
         assert_eq!(idx.entries[1].tags, vec!["refund".to_string()]);
         assert_eq!(idx.phrasing_entry, vec![0, 0, 1, 1]);
         assert_eq!(idx.version.len(), 16);
@@ -905,6 +913,30 @@ not json
     #[test]
     fn empty_source_is_an_error() {
         assert_eq!(build_artifact("\n\n").unwrap_err()[0].line, 1);
+    }
+
+    #[test]
+    fn regression_ids_must_be_printable_ascii_without_spaces() {
+        // Found by testing: an id holding a newline lost its `x-tidegate-faq-id` header, a
+        // Chinese id went out as raw UTF-8 in it, and `kb top` printed the newline as it was.
+        let src = r#"{"id": "ok-id_1.v2", "questions": ["hello there"], "answer": "hi"}
+{"id": "refund\npolicy", "questions": ["refund"], "answer": "x"}
+{"id": "退款-zh", "questions": ["退款"], "answer": "x"}
+{"id": "two words", "questions": ["two words"], "answer": "x"}
+{"id": "tab\there", "questions": ["tab"], "answer": "x"}
+{"id": "del\u007f", "questions": ["del"], "answer": "x"}
+"#;
+        let errs = build_artifact(src).unwrap_err();
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 6], "{errs:#?}");
+        for e in &errs {
+            assert!(
+                e.message
+                    .contains("only printable ASCII without spaces (`!` to `~`)"),
+                "{e}"
+            );
+        }
+        assert!(build_artifact(r#"{"id": " padded ", "questions": ["q"], "answer": "a"}"#).is_ok());
     }
 
     #[test]
