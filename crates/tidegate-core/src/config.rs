@@ -360,6 +360,11 @@ pub struct HandoffConfig {
     pub template: String,
     /// Same in Chinese, used when the question is mostly CJK.
     pub template_zh: String,
+    /// The reply when nobody could be told (no conversation id, or not a Chatwoot
+    /// conversation number while Chatwoot is configured): it must not promise a human.
+    pub unattended: String,
+    /// Same in Chinese.
+    pub unattended_zh: String,
     /// Phrases by which the origin says it does not know (case-insensitive).
     pub dont_know_phrases: Vec<String>,
     /// Chatwoot base URL (empty: no Chatwoot call, the handoff is only marked).
@@ -378,6 +383,10 @@ impl Default for HandoffConfig {
                 .into(),
             template_zh:
                 "抱歉，我暂时无法准确回答这个问题。已通知人工客服，稍后会在此对话中回复您。".into(),
+            unattended: "Sorry, I can't answer that reliably right now. Please try again in a \
+                         moment, or contact our support team."
+                .into(),
+            unattended_zh: "抱歉，我暂时无法准确回答这个问题。请稍后再试，或联系人工客服。".into(),
             dont_know_phrases: vec![
                 "I don't know".into(),
                 "I do not know".into(),
@@ -572,6 +581,9 @@ impl Config {
         let h = &self.handoff;
         if h.template.trim().is_empty() {
             return Err(ConfigError::new("handoff.template", "must not be empty"));
+        }
+        if h.unattended.trim().is_empty() {
+            return Err(ConfigError::new("handoff.unattended", "must not be empty"));
         }
         if !h.chatwoot_url.is_empty() {
             if !h.chatwoot_url.starts_with("http") {

@@ -524,11 +524,11 @@ impl Gateway {
         limits: Vec<Outcome>,
         now: UnixMs,
     ) -> Answer {
-        let text = handoff::template(&self.cfg.handoff, &admitted.req.question).to_owned();
         let s = self.hand_over(store, admitted, now);
+        let text = handoff::template(&self.cfg.handoff, &admitted.req.question, s.handed_off);
         Answer {
             reason,
-            reply: self.render(admitted, &text, "handoff", now),
+            reply: self.render(admitted, text, "handoff", now),
             faq_id: None,
             handoff: s.handoff,
             handed_off: s.handed_off,

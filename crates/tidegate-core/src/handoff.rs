@@ -78,8 +78,10 @@ pub fn toggle_status_call(cfg: &HandoffConfig, conversation: &str) -> Option<Htt
     })
 }
 
-/// The template reply in the language of `question` (Chinese when most letters are CJK).
-pub fn template<'a>(cfg: &'a HandoffConfig, question: &str) -> &'a str {
+/// The template reply in the language of `question` (Chinese when most letters are CJK):
+/// `[handoff].template` when a human took the conversation over, `unattended` when nobody
+/// could be told.
+pub fn template<'a>(cfg: &'a HandoffConfig, question: &str, handed_off: bool) -> &'a str {
     let (cjk, other) =
         question
             .chars()
@@ -91,10 +93,15 @@ pub fn template<'a>(cfg: &'a HandoffConfig, question: &str) -> &'a str {
                     (a, b + 1)
                 }
             });
-    if cjk > other && !cfg.template_zh.is_empty() {
-        &cfg.template_zh
+    let (en, zh) = if handed_off {
+        (&cfg.template, &cfg.template_zh)
     } else {
-        &cfg.template
+        (&cfg.unattended, &cfg.unattended_zh)
+    };
+    if cjk > other && !zh.is_empty() {
+        zh
+    } else {
+        en
     }
 }
 
@@ -223,8 +230,12 @@ mod tests {
     #[test]
     fn template_language() {
         let cfg = HandoffConfig::default();
-        assert!(template(&cfg, "怎么退款？").starts_with("抱歉"));
-        assert!(template(&cfg, "refund please").starts_with("Sorry"));
+        assert!(template(&cfg, "怎么退款？", true).starts_with("抱歉"));
+        assert!(template(&cfg, "refund please", true).starts_with("Sorry"));
+        // Found by testing: with no conversation to hand over, the reply still said staff
+        // had been notified.
+        assert!(!template(&cfg, "refund please", false).contains("notified"));
+        assert!(template(&cfg, "怎么退款？", false).contains("请稍后再试"));
     }
 
     #[test]
