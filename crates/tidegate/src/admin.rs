@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use tidegate_core::faq;
 use tidegate_core::{budget, Problem, Reason};
 
-use crate::server::{now, problem, read_body, App, KB_KEY};
+use crate::server::{body_problem, now, problem, read_body, App, KB_KEY};
 
 /// Largest knowledge base (JSONL) or flag value the admin API takes: the most one Workers KV
 /// value may hold.
@@ -83,7 +83,7 @@ async fn put_flag(
 ) -> Response {
     let body = match read_body(&headers, body, MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await {
         Ok(b) => b,
-        Err(p) => return problem(p),
+        Err(p) => return body_problem(p),
     };
     let cfg = app.gw.config();
     let text = String::from_utf8_lossy(&body);
@@ -127,7 +127,7 @@ async fn delete_flag(State(app): State<Arc<App>>, Path(key): Path<String>) -> Re
 async fn put_kb(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let body = match read_body(&headers, body, MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await {
         Ok(b) => b,
-        Err(p) => return problem(p),
+        Err(p) => return body_problem(p),
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return admin_problem(

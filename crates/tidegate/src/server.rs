@@ -327,6 +327,19 @@ pub fn problem(p: Problem) -> Response {
     )
 }
 
+/// The answer to a request whose body was not read to its end ([`read_body`] failed): the
+/// problem, with `Connection: close`, since what is left of the body on the connection would
+/// be read as the next request. Without it a client may reuse the connection and have its
+/// next request fail.
+pub(crate) fn body_problem(p: Problem) -> Response {
+    let mut r = problem(p);
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 /// How long a client may take to send its request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -391,7 +404,7 @@ async fn chat(
         Ok(b) => b,
         Err(p) => {
             app.metrics.decision(reason_of(&p));
-            return problem(p);
+            return body_problem(p);
         }
     };
     let forwarded_for = header(&headers, "x-forwarded-for");
@@ -909,13 +922,18 @@ mod tests {
         // and then got a 408 instead of the 413.
         let (app, addr) = serve_test_app("declared-oversize").await;
         let req = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\
-             connection: close\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
             app.gw.config().client.max_body_bytes + 1
         );
         let resp = raw(addr, req.as_bytes()).await;
         assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
         assert!(resp.contains("application/problem+json"), "{resp}");
+        // The body was never read: the connection must not be reused (a scenario run showed a
+        // client's next request on it failing).
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{resp}"
+        );
         assert!(
             app.metrics
                 .render()
