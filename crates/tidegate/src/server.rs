@@ -712,16 +712,58 @@ pub async fn serve(
                 .retain(|k, v| !gateway::is_idle_cell(k, v, now));
         }
     });
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    serve_http(listener, router(app), HEADER_READ_TIMEOUT, async {
         let _ = tokio::signal::ctrl_c().await;
         info!("shutting down");
     })
-    .await?;
+    .await;
     Ok(())
+}
+
+/// How long a connection may take to send a request's headers, counted from when the server
+/// starts waiting for them (so an idle keep-alive connection is closed after this long too).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` over HTTP/1.1 on `listener` until `shutdown` resolves, then waits for the
+/// requests in flight. Unlike `axum::serve`, a connection that sends no request, or sends its
+/// headers a byte at a time, is closed after `header_timeout` (so a slow client cannot hold
+/// sockets open for ever), and accepted sockets have Nagle's algorithm off ([`no_delay`]).
+pub(crate) async fn serve_http(
+    listener: NoDelay,
+    router: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut listener = listener;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let svc = hyper::service::service_fn(move |mut req: axum::http::Request<_>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            tower_service::Service::call(&mut router.clone(), req)
+        });
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, %peer, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// Accepted connections with Nagle's algorithm off: a small write (a reply's headers, one SSE
@@ -760,8 +802,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let svc = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, svc).await });
+        let r = router(app.clone());
+        tokio::spawn(serve_http(
+            no_delay(listener),
+            r,
+            HEADER_READ_TIMEOUT,
+            std::future::pending(),
+        ));
         (app, addr)
     }
 
@@ -825,6 +872,44 @@ mod tests {
             header(&h, "x-forwarded-for").as_deref(),
             Some("7.7.7.7, 10.0.0.50")
         );
+    }
+
+    #[tokio::test]
+    async fn regression_slow_or_silent_connections_are_closed() {
+        // Found by testing: a connection that sent nothing stayed open for minutes, and
+        // headers sent a line a second were still accepted after 45 s (slowloris).
+        let (app, _) = serve_test_app("slowloris").await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let timeout = Duration::from_millis(300);
+        tokio::spawn(serve_http(
+            no_delay(listener),
+            router(app),
+            timeout,
+            std::future::pending(),
+        ));
+        let closed_within = |mut s: tokio::net::TcpStream| async move {
+            let mut buf = [0u8; 512];
+            let t0 = tokio::time::Instant::now();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
+                    Ok(Ok(_)) => {}
+                    Err(_) => panic!("still open after 5 s"),
+                }
+            }
+        };
+        let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(silent).await < Duration::from_secs(4));
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        assert!(closed_within(slow).await < Duration::from_secs(4));
+        // A prompt request on the same server is answered.
+        let ok = raw(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        );
+        assert!(ok.await.starts_with("HTTP/1.1 200"));
     }
 
     #[tokio::test]
