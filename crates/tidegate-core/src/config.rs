@@ -168,6 +168,14 @@ pub struct OriginConfig {
     pub first_byte_timeout_ms: u64,
     /// Give up on a reply that takes longer than this in total (ms).
     pub total_timeout_ms: u64,
+    /// Most tokens a reply may have (OpenAI shape): a request's `max_tokens` or
+    /// `max_completion_tokens` above it is lowered to it, and a request naming neither gets
+    /// `max_output_tokens_field` set to it. 0: the client decides.
+    pub max_output_tokens: u64,
+    /// The field added when a request names no cap: `max_tokens` (understood by every
+    /// OpenAI-compatible server) or `max_completion_tokens` (OpenAI's reasoning models refuse
+    /// `max_tokens`).
+    pub max_output_tokens_field: String,
 }
 
 impl Default for OriginConfig {
@@ -178,6 +186,8 @@ impl Default for OriginConfig {
             model: "gpt-4o".into(),
             first_byte_timeout_ms: 15_000,
             total_timeout_ms: 120_000,
+            max_output_tokens: 1024,
+            max_output_tokens_field: "max_tokens".into(),
         }
     }
 }
@@ -477,6 +487,18 @@ impl Config {
             return Err(ConfigError::new(
                 "origin.total_timeout_ms",
                 "timeouts must be positive and total_timeout_ms >= first_byte_timeout_ms",
+            ));
+        }
+        if o.max_output_tokens > 1_000_000 {
+            return Err(ConfigError::new(
+                "origin.max_output_tokens",
+                "must be at most 1000000 (0: no cap)",
+            ));
+        }
+        if !crate::request::OUTPUT_TOKEN_FIELDS.contains(&o.max_output_tokens_field.as_str()) {
+            return Err(ConfigError::new(
+                "origin.max_output_tokens_field",
+                "must be \"max_tokens\" or \"max_completion_tokens\"",
             ));
         }
         let token = &self.server.admin_token;

@@ -498,6 +498,10 @@ impl Gateway {
             user: user.filter(|_| req.shape == Shape::Dify || req.body.get("user").is_some()),
             model: openai.then_some(route.model.as_str()),
             include_usage: openai && req.stream,
+            max_output: (openai && self.cfg.origin.max_output_tokens > 0).then_some((
+                self.cfg.origin.max_output_tokens,
+                self.cfg.origin.max_output_tokens_field.as_str(),
+            )),
         };
         req.edited_body(&edits)
     }

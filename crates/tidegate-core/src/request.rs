@@ -87,7 +87,13 @@ pub struct BodyEdits<'a> {
     /// Set `stream_options.include_usage` to `true` (added with `stream_options` when absent;
     /// a `stream_options` that is not an object is left alone).
     pub include_usage: bool,
+    /// Cap on the reply's tokens, and the field to add it as when the request names none:
+    /// `max_tokens` and `max_completion_tokens` above the cap are lowered to it.
+    pub max_output: Option<(u64, &'a str)>,
 }
+
+/// The fields by which an OpenAI request bounds its reply's tokens.
+pub const OUTPUT_TOKEN_FIELDS: [&str; 2] = ["max_tokens", "max_completion_tokens"];
 
 impl ChatRequest {
     /// The body to forward with `edits` applied. The edits are spliced into the client's
@@ -115,6 +121,20 @@ impl ChatRequest {
                     .or_insert_with(|| Value::Object(Default::default()));
                 if let Some(o) = opts.as_object_mut() {
                     o.insert("include_usage".into(), true.into());
+                }
+            }
+            if let Some((cap, field)) = edits.max_output {
+                let mut named = false;
+                for f in OUTPUT_TOKEN_FIELDS {
+                    if let Some(v) = obj.get_mut(f).filter(|v| !v.is_null()) {
+                        named = true;
+                        if v.as_u64().is_none_or(|n| n > cap) {
+                            *v = cap.into();
+                        }
+                    }
+                }
+                if !named {
+                    obj.insert(field.into(), cap.into());
                 }
             }
         }
@@ -242,6 +262,27 @@ fn splice(raw: &[u8], edits: &BodyEdits<'_>) -> Option<Vec<u8>> {
     // (position, bytes to remove, text to put there), in body order once sorted.
     let mut edits_at: Vec<(usize, usize, String)> = Vec::new();
     let mut added = !top.is_empty();
+    if let Some((cap, field)) = edits.max_output {
+        let mut named = false;
+        for f in OUTPUT_TOKEN_FIELDS {
+            let Some(r) = only(&top, f).ok()? else {
+                continue;
+            };
+            let value = text.get(r.clone())?;
+            if value == "null" {
+                continue;
+            }
+            named = true;
+            if value.parse::<u64>().map_or(true, |n| n > cap) {
+                edits_at.push((r.start, r.len(), cap.to_string()));
+            }
+        }
+        if !named {
+            let comma = if added { "," } else { "" };
+            added = true;
+            edits_at.push((close, 0, format!("{comma}\"{field}\":{cap}")));
+        }
+    }
     let mut set = |key: &str, value: &str| -> Option<()> {
         let encoded = serde_json::to_string(value).ok()?;
         match only(&top, key).ok()? {
@@ -348,6 +389,28 @@ pub fn parse_chat(shape: Shape, body: &[u8]) -> Result<ChatRequest, Problem> {
             }
         },
     };
+    if shape == Shape::OpenAi {
+        match obj.get("n") {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_u64() == Some(1) => {}
+            Some(_) => {
+                return Err(Problem::bad_request(
+                    "field `n` must be 1: the gateway answers with one reply",
+                ))
+            }
+        }
+        for f in OUTPUT_TOKEN_FIELDS {
+            match obj.get(f) {
+                None | Some(Value::Null) => {}
+                Some(v) if v.as_u64().is_some_and(|n| n > 0) => {}
+                Some(_) => {
+                    return Err(Problem::bad_request(format!(
+                        "field `{f}` must be a positive integer"
+                    )))
+                }
+            }
+        }
+    }
     let (question, prompt_chars) = match shape {
         Shape::OpenAi => openai_question(obj.get("messages"))?,
         Shape::Dify => {
@@ -485,7 +548,68 @@ mod tests {
             model: Some("gpt-4o-mini"),
             user: Some("alice"),
             include_usage: stream,
+            max_output: Some((1024, "max_tokens")),
         }
+    }
+
+    // Found by testing: `n` and `max_tokens` reached the origin as sent, so one request could
+    // ask for 50 replies of 100,000 tokens each.
+    #[test]
+    fn regression_the_client_does_not_set_the_cost_of_a_request() {
+        for (body, needle) in [
+            (r#""n":50"#, "`n`"),
+            (r#""n":"1""#, "`n`"),
+            (r#""max_tokens":-5"#, "`max_tokens`"),
+            (r#""max_completion_tokens":1.5"#, "`max_completion_tokens`"),
+            (r#""max_tokens":0"#, "`max_tokens`"),
+        ] {
+            let b = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{body}}}"#);
+            let p = parse_chat(Shape::OpenAi, b.as_bytes()).unwrap_err();
+            assert!(p.detail.contains(needle), "{body}: {}", p.detail);
+        }
+        let tokens = |body: &str, field: &str| -> Vec<Option<u64>> {
+            let r = parse_chat(Shape::OpenAi, body.as_bytes()).unwrap();
+            let e = BodyEdits {
+                max_output: Some((1024, field)),
+                ..BodyEdits::default()
+            };
+            let out: Value = serde_json::from_slice(&r.edited_body(&e)).unwrap();
+            OUTPUT_TOKEN_FIELDS
+                .iter()
+                .map(|f| out[f].as_u64())
+                .collect()
+        };
+        let m = r#"{"messages":[{"role":"user","content":"hi"}]"#;
+        assert_eq!(
+            tokens(&format!("{m},\"n\":1}}"), "max_tokens"),
+            [Some(1024), None]
+        );
+        assert_eq!(
+            tokens(&format!("{m}}}"), "max_completion_tokens"),
+            [None, Some(1024)]
+        );
+        assert_eq!(
+            tokens(&format!("{m},\"max_tokens\":100000}}"), "max_tokens"),
+            [Some(1024), None]
+        );
+        assert_eq!(
+            tokens(
+                &format!("{m},\"max_completion_tokens\":200}}"),
+                "max_tokens"
+            ),
+            [None, Some(200)]
+        );
+        assert_eq!(
+            tokens(
+                &format!("{m},\"max_tokens\":9000000000,\"max_completion_tokens\":99999}}"),
+                "max_tokens"
+            ),
+            [Some(1024), Some(1024)]
+        );
+        assert!(
+            parse_chat(Shape::Dify, br#"{"query":"q","n":5}"#).is_ok(),
+            "OpenAI fields only"
+        );
     }
 
     #[test]
@@ -499,7 +623,12 @@ mod tests {
                 "stream_options":{"include_usage":false,"x":[1,{"y":"}"}]}}"#,
             r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":7}"#,
             r#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o-mini","user":"alice"}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":99999}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":null}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":7,"n":1}"#,
+            r#"{"max_tokens":2000,"max_completion_tokens":3000,"messages":[{"role":"user","content":"hi"}]}"#,
             // Keys the splice must not trust: the tree is used.
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_tokens":99999}"#,
             r#"{"messages":[{"role":"user","content":"hi"}],"user":"bob","user":"eve"}"#,
             r#"{"messages":[{"role":"user","content":"hi"}],"\u0075ser":"eve"}"#,
             r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,
@@ -518,7 +647,7 @@ mod tests {
     #[test]
     fn a_body_needing_no_change_goes_out_byte_for_byte() {
         let body = br#"{ "user":"alice", "model" : "gpt-4o-mini",
-            "messages":[{"role":"user","content":"hi"}], "stream":true,
+            "messages":[{"role":"user","content":"hi"}], "stream":true, "max_tokens": 300,
             "stream_options":{"include_usage":true} }"#;
         let r = parse_chat(Shape::OpenAi, body).unwrap();
         assert_eq!(r.edited_body(&edits(true)), body.to_vec());

@@ -41,6 +41,11 @@ pub async fn chat_completions(
         .and_then(|b| b.get("model"))
         .and_then(Value::as_str);
     state.record_chat("openai", &user, model);
+    let cap = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .find_map(|f| parsed.as_ref()?.get(f)?.as_u64())
+        .unwrap_or(0);
+    state.record_max_tokens(&user, cap);
 
     if let Err(missing) = check_bearer(&headers, state.args.api_key.as_deref()) {
         let (message, code) = if missing {

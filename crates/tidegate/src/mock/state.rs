@@ -39,6 +39,9 @@ pub struct Record {
     pub chat_by_user: BTreeMap<String, u64>,
     /// Model of each chat request, per user, oldest first.
     pub models_by_user: BTreeMap<String, Vec<String>>,
+    /// The reply cap (`max_tokens`, else `max_completion_tokens`; 0 for none) of each user's
+    /// latest OpenAI request.
+    pub max_tokens_by_user: BTreeMap<String, u64>,
     /// siteverify calls seen.
     pub siteverify_total: u64,
     /// Outcome of each token verified with the real secret, by token.
@@ -154,6 +157,13 @@ impl MockState {
         }
     }
 
+    /// Records the reply cap of `user`'s latest OpenAI request.
+    pub fn record_max_tokens(&self, user: &str, cap: u64) {
+        self.record()
+            .max_tokens_by_user
+            .insert(user.to_owned(), cap);
+    }
+
     /// Records one alert body.
     pub fn record_alert(&self, body: Value) {
         let mut rec = self.record();
@@ -176,6 +186,7 @@ impl MockState {
             "chat_by_api": rec.chat_by_api,
             "chat_by_user": rec.chat_by_user,
             "models_by_user": rec.models_by_user,
+            "max_tokens_by_user": rec.max_tokens_by_user,
             "siteverify_total": rec.siteverify_total,
             "toggle_status": rec.toggle_status,
             "toggle_status_log": rec.toggle_status_log,
