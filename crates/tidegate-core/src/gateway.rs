@@ -54,6 +54,17 @@ pub struct RequestFacts<'a> {
     pub now: UnixMs,
 }
 
+/// The answer to a chat endpoint asked with another method than `POST` (every host sends it
+/// with `Allow: POST`).
+pub fn method_not_allowed(method: &str, path: &str) -> Problem {
+    Problem::new(
+        Reason::BadRequest,
+        405,
+        "Method not allowed",
+        format!("{method} is not allowed on {path}; chat endpoints take POST"),
+    )
+}
+
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Client {

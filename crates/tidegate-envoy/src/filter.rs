@@ -861,7 +861,10 @@ impl Http {
         let t1 = crate::stages::span("rb.admit");
         let admitted = match f.gw.admit(&store, &facts) {
             Ok(a) => a,
-            Err(r) => return self.send_local(Self::refusal_reply(f, &r, None)),
+            Err(r) => {
+                let tier = f.gw.tier(f.flags().tier.as_deref());
+                return self.send_local(Self::refusal_reply(f, &r, Some(tier)));
+            }
         };
         drop(t1);
         let t = &f.cfg.core.turnstile;
@@ -1123,6 +1126,21 @@ impl HttpContext for Http {
             };
         }
         let pairs = pairs.unwrap_or_else(ReqHeaders::all);
+        if let Some((_, m)) = pairs.iter().find(|(k, _)| k == ":method") {
+            if m != "POST" {
+                let p = gateway::method_not_allowed(m, &path);
+                let mut reply = Self::refusal_reply(
+                    &f,
+                    &Refusal {
+                        problem: p,
+                        limits: Vec::new(),
+                    },
+                    None,
+                );
+                reply.headers.push(("allow", "POST".to_owned()));
+                return self.send_local(reply);
+            }
+        }
         self.req = ReqHeaders::read(&f, path, &pairs);
         let max = f.cfg.core.client.max_body_bytes;
         let declared =

@@ -355,6 +355,12 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Respo
             )));
         }
     };
+    if req.method() != Method::Post && gateway_shape(&path).is_some() {
+        let m = req.method().to_string();
+        let mut r = problem(gateway::method_not_allowed(&m, &path));
+        let _ = r.headers_mut().set("allow", "POST");
+        return Ok(r);
+    }
     if req.method() != Method::Post || gateway_shape(&path).is_none() {
         return Ok(business_api(&iso, &remote, req, &path).await);
     }
@@ -388,7 +394,11 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Respo
     .await
     {
         Ok(a) => a,
-        Err(r) => return Ok(refusal(&r, None)),
+        Err(r) => {
+            // The flags are cached per isolate: the refusal says the tier like the others.
+            let f = flags(&iso, &env, now).await;
+            return Ok(refusal(&r, Some(iso.gw.tier(f.tier.as_deref()))));
+        }
     };
     let challenge = challenge(&iso, &remote, &admitted, &req).await;
     let f = flags(&iso, &env, now).await;

@@ -474,15 +474,7 @@ async fn business_api(
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
-    let mut r = problem(Problem::new(
-        Reason::BadRequest,
-        405,
-        "Method not allowed",
-        format!(
-            "{method} is not allowed on {}; chat endpoints take POST",
-            uri.path()
-        ),
-    ));
+    let mut r = problem(gateway::method_not_allowed(method.as_str(), uri.path()));
     r.headers_mut()
         .insert("allow", HeaderValue::from_static("POST"));
     r
