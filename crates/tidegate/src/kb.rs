@@ -241,6 +241,8 @@ struct Scored {
     phrasings: u32,
     /// The query is one of the entry's phrasings (served whatever the thresholds).
     exact: bool,
+    /// The query is negated and no phrasing of the entry is (never served).
+    unnegated: bool,
 }
 
 /// One query in the JSON report.
@@ -356,6 +358,7 @@ fn served_by(top: &[Scored], cfg: &FaqConfig) -> Option<String> {
             conflict: s.conflict,
             phrasings: s.phrasings,
             exact: s.exact,
+            unnegated: s.unnegated,
         })
         .collect();
     KnowledgeBase::decide(&ranked, cfg).map(|h| h.id.to_owned())
@@ -405,6 +408,7 @@ fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Re
                 conflict: c.conflict,
                 phrasings: c.phrasings,
                 exact: c.exact,
+                unnegated: c.unnegated,
             })
             .collect();
         results.push((q.expected.clone(), top));

@@ -25,7 +25,8 @@
 //!   (`FaqConfig::margin_for`);
 //! - the query does not take the opposite side of a meaning-flip pair from the entry as a
 //!   whole (the entry says only "disable", the query only "enable": no answer, however high
-//!   the score).
+//!   the score);
+//! - the query holds no negation, or some phrasing of the entry does ([`Candidate::unnegated`]).
 //!
 //! One exception to the score and margin: a query whose terms are exactly those of one of the
 //! entry's phrasings ([`EXACT_COSINE`]: the operator's own question, as a quick-reply button
@@ -61,6 +62,10 @@ pub struct Candidate<'a> {
     pub phrasings: u32,
     /// The query has exactly the terms of one of the entry's phrasings ([`EXACT_COSINE`]).
     pub exact: bool,
+    /// The query holds a negation and none of the entry's phrasings does ("I don't want to
+    /// deactivate it", `别转人工`): the entry answers a question the query may be refusing.
+    /// Ranked as usual, never served.
+    pub unnegated: bool,
 }
 
 fn locale_ok(entry: &EntryData, query: Option<&str>) -> bool {
@@ -206,6 +211,7 @@ pub(crate) fn rank<'a>(
                 conflict: q_markers.flip_conflict(&entry.markers),
                 phrasings: entry.phrasings.1.saturating_sub(entry.phrasings.0),
                 exact: *exact,
+                unnegated: q_markers.negated && !entry.markers.negated,
             })
         })
         .collect()
@@ -231,6 +237,7 @@ pub(crate) fn decide<'a>(ranked: &[Candidate<'a>], cfg: &FaqConfig) -> Option<Hi
         .or(next.last())
         .map_or(0.0, |c| c.score);
     let serve = !best.conflict
+        && !best.unnegated
         && (best.exact
             || best.score >= cfg.min_score
                 && best.score - runner_up >= cfg.margin_for(best.phrasings));

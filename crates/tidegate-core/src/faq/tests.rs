@@ -354,6 +354,7 @@ fn runner_up_on_the_other_side_of_a_flip_is_skipped() {
                 conflict: false,
                 phrasings: 100,
                 exact: false,
+                unnegated: false,
             },
             Candidate {
                 id: "unopened",
@@ -362,6 +363,7 @@ fn runner_up_on_the_other_side_of_a_flip_is_skipped() {
                 conflict: second_conflict,
                 phrasings: 100,
                 exact: false,
+                unnegated: false,
             },
             Candidate {
                 id: "other",
@@ -370,6 +372,7 @@ fn runner_up_on_the_other_side_of_a_flip_is_skipped() {
                 conflict: false,
                 phrasings: 100,
                 exact: false,
+                unnegated: false,
             },
         ]
     };
@@ -569,5 +572,32 @@ fn regression_a_stray_space_does_not_flip_the_answer() {
     ] {
         assert!(kb.rank(q, None, 1)[0].conflict, "{q}");
         assert_eq!(served(&kb, q), None, "{q}");
+    }
+}
+
+// Regression (fault class: opposite question), found by a tester: a negated request was
+// answered with the entry for the thing it refuses ("I don't want to deactivate two-step
+// verification" got the deactivation steps, `别转人工` the way to reach a human).
+#[test]
+fn regression_a_negated_request_is_not_answered_by_an_entry_that_never_negates() {
+    let demo = demo();
+    for (q, wrong) in [
+        (
+            "I don't want to deactivate two-step verification",
+            "disable-2fa",
+        ),
+        ("Don't connect me to customer service", "human-agent"),
+        ("How do I NOT get a refund?", "refund-policy"),
+        ("别转人工", "zh-human"),
+        ("不要转人工客服", "zh-human"),
+    ] {
+        assert_ne!(served(&demo, q).as_deref(), Some(wrong), "{q}");
+    }
+    // The same questions without the negation are still answered.
+    for (q, id) in [
+        ("How do I turn off two-step verification?", "disable-2fa"),
+        ("转人工", "zh-human"),
+    ] {
+        assert_eq!(served(&demo, q).as_deref(), Some(id), "{q}");
     }
 }
