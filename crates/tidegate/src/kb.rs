@@ -157,9 +157,18 @@ fn few_phrasings_warning(kb: &KnowledgeBase) -> Option<String> {
     })
 }
 
+/// The text of `bytes` read from `path`; invalid UTF-8 is an error naming the line.
+fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count();
+        anyhow::anyhow!("{}:{line}: not valid UTF-8 (byte {at})", path.display())
+    })
+}
+
 fn build(input: &Path, output: &Path) -> Result<()> {
-    let src =
-        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let raw = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let src = utf8(input, raw)?;
     let bytes = match build_artifact(&src) {
         Ok(b) => b,
         Err(errors) => {
@@ -198,8 +207,7 @@ fn load_kb(path: &Path) -> Result<(KnowledgeBase, usize, f64)> {
     let bytes = if raw.starts_with(b"TGKB") {
         raw
     } else {
-        let src =
-            String::from_utf8(raw).context("knowledge base is neither UTF-8 nor an artefact")?;
+        let src = utf8(path, raw).context("knowledge base is neither UTF-8 nor an artefact")?;
         match build_artifact(&src) {
             Ok(b) => b,
             Err(errors) => {
@@ -392,9 +400,10 @@ fn read_queries(src: &str, queries_path: &Path, kb: &KnowledgeBase) -> Result<Ve
 
 fn eval(kb_path: &Path, queries_path: &Path, cfg: &FaqConfig, sweep: bool) -> Result<Report> {
     let (kb, artefact_bytes, load_ms) = load_kb(kb_path)?;
-    let src = std::fs::read_to_string(queries_path)
+    let raw = std::fs::read(queries_path)
         .with_context(|| format!("reading {}", queries_path.display()))?;
-    let queries = read_queries(&src, queries_path, &kb)?;
+    let src = utf8(queries_path, raw)?;
+    let queries = read_queries(src.trim_start_matches('\u{feff}'), queries_path, &kb)?;
 
     let started = Instant::now();
     let mut results: Vec<(Option<String>, Vec<Scored>)> = Vec::with_capacity(queries.len());
@@ -570,6 +579,23 @@ mod tests {
             None,
             "the demo follows its own advice"
         );
+    }
+
+    #[test]
+    fn regression_invalid_utf8_names_the_line_and_a_bom_is_read() {
+        // Found by testing: invalid UTF-8 gave no line number, and a file saved with a
+        // byte-order mark failed on its first line.
+        let e = utf8(
+            Path::new("kb.jsonl"),
+            b"{}\n{}\n{\"id\":\"a\xff\"}\n".to_vec(),
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "kb.jsonl:3: not valid UTF-8 (byte 14)"
+        );
+        let src = "\u{feff}{\"id\": \"a\", \"questions\": [\"how do refunds work\"], \
+                   \"answer\": \"In 14 days.\"}";
+        assert!(tidegate_core::faq::build_artifact(src).is_ok());
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub fn build_artifact(jsonl: &str) -> Result<Vec<u8>, Vec<BuildError>> {
     // Word groups by key (see the module documentation).
     let mut groups: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut group_terms: Vec<u64> = Vec::new();
+    // A byte-order mark (what some editors save UTF-8 with) is not part of the first line.
+    let jsonl = jsonl.strip_prefix('\u{feff}').unwrap_or(jsonl);
     for (idx, raw) in jsonl.lines().enumerate() {
         let line = idx + 1;
         if raw.trim().is_empty() {

@@ -84,7 +84,8 @@ pub struct DrillArgs {
     #[arg(long)]
     pub budget: Option<u64>,
     /// Most requests the load generator keeps open at once (bounds memory and CPU).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_in_flight: usize,
     /// No progress display.
     #[arg(long)]
