@@ -556,7 +556,8 @@ pub async fn build_app(mut cfg: Config, data_dir: &Path, demo: bool) -> anyhow::
             Ok(t) if t.trim().len() >= 16 => t.trim().to_owned(),
             _ => {
                 let t = random_token();
-                std::fs::create_dir_all(data_dir)?;
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("creating data directory {}", data_dir.display()))?;
                 write_private(&path, &t).with_context(|| format!("writing {}", path.display()))?;
                 t
             }
@@ -677,11 +678,12 @@ pub async fn serve(
         .parse()
         .with_context(|| format!("listen address {:?}", cfg.server.listen))?;
     let demo = demo || cfg.server.demo_data;
-    let app = build_app(cfg, &data_dir, demo).await?;
+    // Bound first: a port in use is reported before anything is written to the data directory.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
+    let app = build_app(cfg, &data_dir, demo).await?;
     let listener = no_delay(listener);
     let f = app.flags();
     info!(
