@@ -433,8 +433,18 @@ impl Config {
             .map_err(|e| toml_error(text, e))
     }
 
-    /// Checks what serde cannot.
+    /// Checks what serde cannot, for the native gateway (which serves the admin API).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(true)
+    }
+
+    /// [`Config::validate`] for a host without the admin API (the Worker, the Envoy filter):
+    /// `[server]` is not used there, so production mode does not ask for an admin token.
+    pub fn validate_without_admin_api(&self) -> Result<(), ConfigError> {
+        self.check(false)
+    }
+
+    fn check(&self, admin_api: bool) -> Result<(), ConfigError> {
         let c = &self.client;
         if c.user_header.trim().is_empty() || !is_token(&c.user_header) {
             return Err(ConfigError::new(
@@ -508,7 +518,7 @@ impl Config {
                 "has leading or trailing whitespace, which no client can send in a header",
             ));
         }
-        if self.mode == Mode::Production && token.trim().len() < 16 {
+        if admin_api && self.mode == Mode::Production && token.trim().len() < 16 {
             return Err(ConfigError::new(
                 "server.admin_token",
                 "production mode needs an admin token of at least 16 characters",

@@ -84,6 +84,9 @@ struct Outbound {
     /// A write of the recommended tier to the tier flag (`[tiers] auto_activate`): the alert
     /// is posted once the write is answered, saying whether it took.
     activates: Option<Recommendation>,
+    /// A handoff's conversation (as the core scoped it): given back to the bot when the call
+    /// is refused or abandoned, so nobody is left with a silent bot and no human.
+    conversation: Option<String>,
 }
 
 thread_local! {
@@ -202,8 +205,8 @@ impl Filter {
         *self.flags.borrow_mut() = Rc::new(next);
     }
 
-    /// Queues a handoff or alert call for the root context.
-    fn send(&self, call: HttpCall, what: &'static str) {
+    /// Queues a handoff of `conversation`, or an alert call, for the root context.
+    fn send(&self, call: HttpCall, what: &'static str, conversation: Option<String>) {
         let cluster = match what {
             "handoff" => &self.cfg.envoy.chatwoot_cluster,
             _ => &self.cfg.envoy.alert_cluster,
@@ -221,6 +224,7 @@ impl Filter {
                 what,
                 attempt: 1,
                 activates: None,
+                conversation,
             })
         });
     }
@@ -377,6 +381,7 @@ fn kv_write(
         what: "kv write",
         attempt: 1,
         activates,
+        conversation: None,
     }
 }
 
@@ -388,7 +393,7 @@ fn alert(f: &Filter, rec: &Recommendation, activated: bool) {
         f.gw.tier(f.flags().tier.as_deref())
     };
     if let Some(call) = rec.alert_call(&f.cfg.core.tiers, active, activated) {
-        f.send(call, "alert");
+        f.send(call, "alert", None);
     }
 }
 
@@ -457,6 +462,7 @@ impl Context for Root {
                 if let Some(rec) = o.activates.take() {
                     alert(&f, &rec, false);
                 }
+                give_back(&f, o.conversation.take());
             }
             other => {
                 let status = other.map(|(s, _)| s);
@@ -475,9 +481,19 @@ impl Context for Root {
                     if let Some(rec) = o.activates.take() {
                         alert(&f, &rec, false);
                     }
+                    give_back(&f, o.conversation.take());
                 }
             }
         }
+    }
+}
+
+/// A handoff that could not be delivered: the conversation goes back to the bot.
+fn give_back(f: &Filter, conversation: Option<String>) {
+    let Some(conv) = conversation else { return };
+    match tidegate_core::handoff::release(&f.store(now()), &conv) {
+        Ok(()) => warn!("tidegate: handoff of {conv} not delivered; it is back with the bot"),
+        Err(e) => error!("tidegate: handoff of {conv} not delivered and not released: {e}"),
     }
 }
 
@@ -783,7 +799,7 @@ impl Http {
     fn answer_reply(f: &Filter, a: Answer) -> Reply {
         f.metrics.decision(a.reason);
         if let Some(call) = a.handoff.clone() {
-            f.send(call, "handoff");
+            f.send(call, "handoff", a.conversation.clone());
         }
         let mut headers = gateway::response_headers(&a.limits, a.reason, Some(a.tier), None);
         headers.push(("content-type", a.reply.content_type.to_owned()));
@@ -1325,7 +1341,7 @@ impl HttpContext for Http {
                 );
                 relay.settled = true;
                 if let Some(call) = s.handoff {
-                    f.send(call, "handoff");
+                    f.send(call, "handoff", s.conversation);
                 }
             }
             let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
@@ -1394,7 +1410,7 @@ impl HttpContext for Http {
                 let s =
                     f.gw.settle(&store, &relay.admitted, &relay.forward, &outcome, now);
                 if let Some(call) = s.handoff {
-                    f.send(call, "handoff");
+                    f.send(call, "handoff", s.conversation);
                 }
             }
             // No reply at all (the client left first): give the reservation back.

@@ -125,7 +125,8 @@ pub fn parse(text: &str) -> Result<FilterConfig, ConfigError> {
         field: "configuration".into(),
         message: e.to_string(),
     })?;
-    let core = Config::from_toml(&rest)?;
+    let core = Config::parse_toml(&rest)?;
+    core.validate_without_admin_api()?;
     let e = &envoy;
     let check = |ok: bool, field: &str, message: &str| {
         if ok {

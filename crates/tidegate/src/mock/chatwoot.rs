@@ -54,8 +54,9 @@ fn admit(
         }
         Some(_) => {}
     }
+    // Chatwoot keeps conversation ids in a 32-bit column: a larger one cannot exist.
     match (account.parse::<u64>(), conversation.parse::<u64>()) {
-        (Ok(_), Ok(id)) => Ok(id),
+        (Ok(_), Ok(id)) if id <= i32::MAX as u64 => Ok(id),
         _ => Err((
             StatusCode::NOT_FOUND,
             json!({"error": "Resource could not be found"}),
