@@ -604,6 +604,20 @@ impl Gateway {
         self.hand_over(store, admitted, now)
     }
 
+    /// Stage 3 when the client went away before the reply ended (pressed stop, closed the
+    /// tab, lost its network): what came is charged, but nobody is handed over, since the
+    /// origin did not fail and the customer did not ask for a human.
+    pub fn settle_client_left<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        forward: &Forward,
+        outcome: &OriginOutcome,
+    ) {
+        if self.cfg.budget.monthly_tokens > 0 {
+            let _ = budget::settle(store, forward.reserved_at, forward.reserved, outcome.tokens);
+        }
+    }
+
     /// Stage 3 when the origin gave no usable reply at all (connection error, timeout, 5xx,
     /// 429): an origin that asks to slow down gets the client a 503 with its `Retry-After`
     /// (either form), anything else gets the template answer and a handoff.

@@ -488,6 +488,15 @@ impl Context for Root {
     }
 }
 
+/// True when Envoy ended the stream because the client went away (its response code details
+/// `downstream_remote_disconnect`, `downstream_local_disconnect(...)`), not the origin.
+fn client_left() -> bool {
+    hostcalls::get_property(vec!["response", "code_details"])
+        .ok()
+        .flatten()
+        .is_some_and(|d| d.starts_with(b"downstream_"))
+}
+
 /// A handoff that could not be delivered: the conversation goes back to the bot.
 fn give_back(f: &Filter, conversation: Option<String>) {
     let Some(conv) = conversation else { return };
@@ -1401,7 +1410,14 @@ impl HttpContext for Http {
         let now = now();
         let store = f.store(now);
         match relay.reply.as_mut() {
-            // The reply broke off (origin reset, client gone): charge what came, hand over.
+            // The client went away mid-reply (stop button, closed tab): charge what came,
+            // but it is no origin failure and nobody asked for a human.
+            Some(filter) if client_left() => {
+                let _ = filter.finish(false);
+                let outcome = Self::outcome(&f, filter, &relay.admitted);
+                f.gw.settle_client_left(&store, &relay.forward, &outcome);
+            }
+            // The reply broke off (origin reset): charge what came, hand over.
             Some(filter) => {
                 let _ = filter.finish(false);
                 let outcome = Self::outcome(&f, filter, &relay.admitted);

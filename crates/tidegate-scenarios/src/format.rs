@@ -151,6 +151,9 @@ pub struct RequestStep {
     pub count_status: Option<BTreeMap<u16, usize>>,
     /// Variable name -> `/json/pointer` or `header:name`, captured after the step passes.
     pub save: Vec<(String, String)>,
+    /// Stop reading after this many body reads and close the connection, as a client that
+    /// presses stop does (the expectations see what came until then).
+    pub hang_up_after_reads: Option<u32>,
 }
 
 impl RequestStep {
@@ -251,6 +254,7 @@ struct RawStep {
     mock: Option<BTreeMap<String, toml::Value>>,
     within_ms: Option<u64>,
     sleep_ms: Option<u64>,
+    hang_up_after_reads: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -532,6 +536,10 @@ fn request_step(
         expect,
         count_status,
         save: raw.save.into_iter().collect(),
+        hang_up_after_reads: match raw.hang_up_after_reads {
+            Some(0) => bail!("`hang_up_after_reads` is at least 1"),
+            n => n,
+        },
     })
 }
 

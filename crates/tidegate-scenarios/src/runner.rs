@@ -426,7 +426,7 @@ impl Runner {
         if let Some(b) = body {
             req = req.body(b);
         }
-        read_reply(req).await
+        read_reply(req, r.hang_up_after_reads).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -451,7 +451,7 @@ impl Runner {
                     .timeout(self.opts.timeout)
                     .bearer_auth(token)
                     .body(value.clone());
-                let obs = read_reply(req).await?;
+                let obs = read_reply(req, None).await?;
                 if !(200..300).contains(&obs.status) {
                     return Err(StepFail {
                         message: format!("setting flag {key} = {value:?}: status {}", obs.status),
@@ -502,7 +502,7 @@ impl Runner {
             .collect::<Result<Vec<_>, VarError>>()?;
         let deadline = Instant::now() + Duration::from_millis(m.within_ms);
         loop {
-            let obs = read_reply(self.client.get(&url).timeout(self.opts.timeout)).await?;
+            let obs = read_reply(self.client.get(&url).timeout(self.opts.timeout), None).await?;
             let fails = match serde_json::from_slice::<serde_json::Value>(&obs.body) {
                 Ok(record) if obs.status == 200 => mock_fails(&checks, &record),
                 _ => vec![format!(
@@ -526,8 +526,12 @@ impl Runner {
 }
 
 /// Sends `req` and reads the reply incrementally, counting network reads and feeding the
-/// SSE assembler when the reply is an event stream.
-async fn read_reply(req: reqwest::RequestBuilder) -> Result<Observed, StepFail> {
+/// SSE assembler when the reply is an event stream. With `hang_up`, stops after that many
+/// reads and drops the reply, which closes its connection mid-body.
+async fn read_reply(
+    req: reqwest::RequestBuilder,
+    hang_up: Option<u32>,
+) -> Result<Observed, StepFail> {
     let start = Instant::now();
     let mut resp = req
         .send()
@@ -568,6 +572,10 @@ async fn read_reply(req: reqwest::RequestBuilder) -> Result<Observed, StepFail> 
                     a.feed(&bytes);
                 }
                 obs.body.extend_from_slice(&bytes);
+                if hang_up.is_some_and(|n| obs.reads >= usize::try_from(n).unwrap_or(usize::MAX)) {
+                    drop(resp);
+                    break;
+                }
             }
             Ok(None) => break,
             Err(e) => {

@@ -322,6 +322,11 @@ fn relay_stream(
             let _ = tx.send(Ok(Bytes::from(tail))).await;
         }
         let outcome = outcome_of(&app, &filter, &admitted);
+        if client_gone {
+            // The customer stopped reading: no origin failure, nobody to hand over to.
+            app.gw.settle_client_left(&app.store, &f, &outcome);
+            return;
+        }
         if !outcome.complete {
             app.metrics
                 .origin_failures
