@@ -81,7 +81,8 @@ pub struct TierConfig {
     pub economy_model: String,
     /// Base URL of the fallback provider (empty: the primary origin).
     pub fallback_url: String,
-    /// Model used in the fallback tier.
+    /// Model used in the fallback tier (empty: `economy_model`, so that a fallback tier with
+    /// no fallback provider configured still names a model the primary origin serves).
     pub fallback_model: String,
     /// API key for the fallback provider (empty: the primary's).
     pub fallback_api_key: String,
@@ -98,7 +99,7 @@ impl Default for TierConfig {
             alert_webhook: String::new(),
             economy_model: "gpt-4o-mini".into(),
             fallback_url: String::new(),
-            fallback_model: "fallback-model".into(),
+            fallback_model: String::new(),
             fallback_api_key: String::new(),
         }
     }
@@ -126,8 +127,14 @@ impl TierConfig {
         if !self.fallback_url.is_empty() && !self.fallback_url.starts_with("http") {
             return Err(("fallback_url".into(), "must be an http(s) URL".into()));
         }
-        if self.economy_model.is_empty() || self.fallback_model.is_empty() {
-            return Err(("economy_model".into(), "models must not be empty".into()));
+        if self.economy_model.trim().is_empty() {
+            return Err(("economy_model".into(), "must not be empty".into()));
+        }
+        if !self.fallback_url.is_empty() && self.fallback_model.trim().is_empty() {
+            return Err((
+                "fallback_model".into(),
+                "must name the fallback provider's model when fallback_url is set".into(),
+            ));
         }
         Ok(())
     }
@@ -166,7 +173,14 @@ pub fn route(tier: Tier, cfg: &TierConfig, primary_model: &str) -> Route {
         Tier::Normal => (false, primary_model, false),
         Tier::Economy => (false, cfg.economy_model.as_str(), false),
         Tier::CacheFirst => (false, cfg.economy_model.as_str(), true),
-        Tier::Fallback => (true, cfg.fallback_model.as_str(), true),
+        Tier::Fallback => {
+            let m = cfg.fallback_model.as_str();
+            (
+                true,
+                if m.is_empty() { &cfg.economy_model } else { m },
+                true,
+            )
+        }
     };
     Route {
         tier,
@@ -340,6 +354,14 @@ mod tests {
         assert_eq!(route(Tier::Economy, &cfg, "gpt-4o").model, "gpt-4o-mini");
         assert!(route(Tier::CacheFirst, &cfg, "gpt-4o").force_faq);
         assert!(route(Tier::Fallback, &cfg, "gpt-4o").fallback_origin);
+        // Found by testing: the shipped configs set no fallback provider, and the fallback
+        // tier sent the placeholder model "fallback-model" to the primary origin.
+        assert_eq!(route(Tier::Fallback, &cfg, "gpt-4o").model, "gpt-4o-mini");
+        let with = TierConfig {
+            fallback_url: "https://backup.example".into(),
+            ..TierConfig::default()
+        };
+        assert_eq!(with.validate().unwrap_err().0, "fallback_model");
     }
 
     #[test]
