@@ -8,10 +8,20 @@ use anyhow::Context;
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdminArgs {
     /// Base URL of the gateway.
-    #[arg(long, env = "TIDEGATE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "TIDEGATE_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// Admin bearer token (default: read from `<data-dir>/admin-token`).
-    #[arg(long, env = "TIDEGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "TIDEGATE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// Data directory holding `admin-token`.
     #[arg(long, default_value = ".tidegate", global = true)]
