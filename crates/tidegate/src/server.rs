@@ -503,13 +503,17 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// The router (also used by tests).
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/chat-messages", post(chat))
+        // The chat endpoints answer another method with the core's 405 problem; the other
+        // routes with axum's 405, whose `Allow` lists what they take.
+        .route(
+            "/v1/chat/completions",
+            post(chat).fallback(method_not_allowed),
+        )
+        .route("/v1/chat-messages", post(chat).fallback(method_not_allowed))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/admin", crate::admin::router(app.clone()))
         .fallback(business_api)
-        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
 
@@ -866,6 +870,41 @@ mod tests {
             header(&h, "x-forwarded-for").as_deref(),
             Some("7.7.7.7, 10.0.0.50")
         );
+    }
+
+    #[tokio::test]
+    async fn regression_405_names_the_methods_of_its_own_route() {
+        // Found by testing: the chat endpoints' 405 (`Allow: POST`, "chat endpoints take
+        // POST") answered every route, so `POST /admin/flags/tier` was refused with
+        // `Allow: POST`.
+        let (_, addr) = serve_test_app("allow").await;
+        let chat = raw(
+            addr,
+            b"GET /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await;
+        assert!(chat.starts_with("HTTP/1.1 405"), "{chat}");
+        assert!(chat.contains("allow: POST"), "{chat}");
+        assert!(chat.contains("application/problem+json"), "{chat}");
+        let req = format!(
+            "POST /admin/flags/tier HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+             content-length: 0\r\n\r\n"
+        );
+        let admin = raw(addr, req.as_bytes()).await;
+        assert!(admin.starts_with("HTTP/1.1 405"), "{admin}");
+        let allow = admin
+            .lines()
+            .find_map(|l| l.strip_prefix("allow: "))
+            .unwrap_or_default();
+        assert!(allow.contains("GET") && allow.contains("PUT"), "{admin}");
+        assert!(!allow.contains("POST"), "{admin}");
+        let health = raw(
+            addr,
+            b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        );
+        let health = health.await;
+        assert!(health.starts_with("HTTP/1.1 405"), "{health}");
+        assert!(!health.contains("allow: POST"), "{health}");
     }
 
     #[tokio::test]
