@@ -199,6 +199,10 @@ impl Runner {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
+            // Below any host's idle-connection timeout (the native gateway closes after 30 s),
+            // so a request never goes out on a connection the server is closing: a scenario
+            // that waits as long as the server's timeout would otherwise race the close.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .build()?;
         Ok(Runner {
             client,

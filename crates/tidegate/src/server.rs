@@ -720,7 +720,8 @@ pub async fn serve(
 
 /// How long a connection may take to send a request's headers, counted from when the server
 /// starts waiting for them (so an idle keep-alive connection is closed after this long too).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's own default; clients should keep pooled connections idle for less.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `router` over HTTP/1.1 on `listener` until `shutdown` resolves, then waits for the
 /// requests in flight. Unlike `axum::serve`, a connection that sends no request, or sends its
