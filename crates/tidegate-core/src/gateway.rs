@@ -299,7 +299,7 @@ impl Gateway {
         let refuse = |problem, limits| Refusal { problem, limits };
         let c = &self.cfg.client;
         if facts.body.len() > c.max_body_bytes {
-            return Err(refuse(too_large(c.max_body_bytes), Vec::new()));
+            return Err(refuse(body_too_large(c.max_body_bytes), Vec::new()));
         }
         let Some(shape) = Shape::from_path(facts.path) else {
             let p = Problem::new(
@@ -595,9 +595,7 @@ impl Gateway {
         outcome: &OriginOutcome,
         now: UnixMs,
     ) -> Settlement {
-        if self.cfg.budget.monthly_tokens > 0 {
-            let _ = budget::settle(store, forward.reserved_at, forward.reserved, outcome.tokens);
-        }
+        self.charge(store, forward, outcome);
         if outcome.complete && !outcome.dont_know {
             return Settlement::default();
         }
@@ -608,6 +606,16 @@ impl Gateway {
     /// tab, lost its network): what came is charged, but nobody is handed over, since the
     /// origin did not fail and the customer did not ask for a human.
     pub fn settle_client_left<S: CounterStore + ?Sized>(
+        &self,
+        store: &S,
+        forward: &Forward,
+        outcome: &OriginOutcome,
+    ) {
+        self.charge(store, forward, outcome);
+    }
+
+    /// Settles the budget reservation of `forward` with the tokens the reply used.
+    fn charge<S: CounterStore + ?Sized>(
         &self,
         store: &S,
         forward: &Forward,
@@ -705,7 +713,8 @@ fn open_outcome(q: &Quota) -> Outcome {
     }
 }
 
-fn too_large(max: usize) -> Problem {
+/// The answer to a request body over `max` bytes (every host sends it, declared or read).
+pub fn body_too_large(max: usize) -> Problem {
     Problem::new(
         Reason::TooLarge,
         413,

@@ -1454,13 +1454,7 @@ impl Drop for Http {
 
 impl Http {
     fn too_large(&mut self, f: &Filter) -> Action {
-        let max = f.cfg.core.client.max_body_bytes;
-        let p = Problem::new(
-            Reason::TooLarge,
-            413,
-            "Request too large",
-            format!("the request body exceeds {max} bytes"),
-        );
+        let p = gateway::body_too_large(f.cfg.core.client.max_body_bytes);
         self.send_local(Self::refusal_reply(
             f,
             &Refusal {

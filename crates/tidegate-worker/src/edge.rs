@@ -430,7 +430,7 @@ const DRAIN_LIMIT: usize = 16 << 20;
 async fn read_body(req: &mut Request, max: usize) -> Result<Vec<u8>, Problem> {
     let declared = header(req, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n > DRAIN_LIMIT) {
-        return Err(too_large(max));
+        return Err(gateway::body_too_large(max));
     }
     let Ok(stream) = req.stream() else {
         // No body at all.
@@ -449,22 +449,13 @@ async fn read_body(req: &mut Request, max: usize) -> Result<Vec<u8>, Problem> {
         }
     }
     if total > max {
-        return Err(too_large(max));
+        return Err(gateway::body_too_large(max));
     }
     Ok(body)
 }
 
 fn gateway_shape(path: &str) -> Option<tidegate_core::request::Shape> {
     tidegate_core::request::Shape::from_path(path)
-}
-
-fn too_large(max: usize) -> Problem {
-    Problem::new(
-        Reason::TooLarge,
-        413,
-        "Request too large",
-        format!("the request body exceeds {max} bytes"),
-    )
 }
 
 /// A header as text (`None` when absent or unreadable).

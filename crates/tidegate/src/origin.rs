@@ -380,17 +380,13 @@ pub async fn proxy_api(
             format!("business API `{}` has no upstream configured", api.name),
         )));
     }
-    let bytes = match axum::body::to_bytes(body, app.gw.config().client.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return problem(Problem::new(
-                Reason::TooLarge,
-                413,
-                "Request too large",
-                "body too large",
-            ))
-        }
-    };
+    let max = app.gw.config().client.max_body_bytes;
+    let bytes =
+        match crate::server::read_body(&headers, body, max, crate::server::BODY_READ_TIMEOUT).await
+        {
+            Ok(b) => b,
+            Err(p) => return crate::server::body_problem(p),
+        };
     let url = format!(
         "{}{}",
         api.upstream.trim_end_matches('/'),

@@ -341,7 +341,7 @@ pub(crate) fn body_problem(p: Problem) -> Response {
 }
 
 /// How long a client may take to send its request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Reads a request body of at most `max` bytes within `timeout`. A declared `Content-Length`
 /// above `max` is refused at once, before any of the body is read. The error is the problem to
@@ -352,14 +352,7 @@ pub(crate) async fn read_body(
     max: usize,
     timeout: Duration,
 ) -> Result<bytes::Bytes, Problem> {
-    let too_large = || {
-        Problem::new(
-            Reason::TooLarge,
-            413,
-            "Request too large",
-            format!("the request body exceeds {max} bytes"),
-        )
-    };
+    let too_large = || gateway::body_too_large(max);
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
